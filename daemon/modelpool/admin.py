@@ -1,0 +1,56 @@
+"""Operational endpoints: /healthz, /readyz, /admin/status."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any
+
+from aiohttp import web
+
+from modelpool.table import TableHolder
+
+
+class AdminApi:
+    def __init__(self, holder: TableHolder) -> None:
+        self._holder = holder
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.get("/healthz", self.healthz),
+            web.get("/readyz", self.readyz),
+            web.get("/admin/status", self.status),
+        ]
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        table = self._holder.current
+        ready = bool(table.models)
+        return web.json_response(
+            {"ready": ready, "generation": table.generation}, status=200 if ready else 503
+        )
+
+    async def status(self, request: web.Request) -> web.Response:
+        self._authorize(request)
+        table = self._holder.current
+        models: dict[str, Any] = {
+            name: {
+                "in_flight": model.state.in_flight,
+                "requests": model.state.requests,
+                "errors": model.state.errors,
+                "latency_ewma_s": model.state.latency_ewma,
+            }
+            for name, model in table.models.items()
+        }
+        return web.json_response(
+            {"generation": table.generation, "config": table.config.source, "models": models}
+        )
+
+    def _authorize(self, request: web.Request) -> None:
+        token = self._holder.current.config.server.admin_token
+        if token is None:
+            return
+        given = request.headers.get("Authorization", "").removeprefix("Bearer ").encode()
+        if not hmac.compare_digest(given, token.reveal().encode()):
+            raise web.HTTPUnauthorized(reason="admin token required")

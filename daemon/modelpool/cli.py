@@ -1,0 +1,111 @@
+"""argv → commands. No logic lives here: each command calls into the package."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import os
+import secrets
+import sys
+from collections.abc import Sequence
+
+from modelpool.config.load import load_config
+from modelpool.config.schema import schema_text
+from modelpool.config.semantic import is_loopback
+from modelpool.config.spec import parse_listen
+from modelpool.errors import ConfigError
+
+DEFAULT_CONFIG = "pools.yaml"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="modelpool", description="LLM model registry and pool manager."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="run the daemon")
+    run.add_argument(
+        "config", nargs="?", help="config file (default: $MODELPOOL_CONFIG or ./pools.yaml)"
+    )
+    run.add_argument(
+        "--listen", help="HOST:PORT, overriding server.listen (port 0 picks a free one)"
+    )
+    run.add_argument("--log-format", choices=["json", "text"], help="overrides server.log_format")
+    check = commands.add_parser("check", help="validate a config and print its routing table")
+    check.add_argument("config")
+    commands.add_parser("keygen", help="print a new client key and its sha256 for `clients:`")
+    commands.add_parser("schema", help="print the config's JSON Schema")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "schema":
+        sys.stdout.write(schema_text())
+        return 0
+    if args.command == "keygen":
+        return _keygen()
+    if args.command == "check":
+        return _check(args.config)
+    return _run(
+        args.config or os.environ.get("MODELPOOL_CONFIG", DEFAULT_CONFIG),
+        args.listen,
+        args.log_format,
+    )
+
+
+def _keygen() -> int:
+    key = "mp-" + secrets.token_urlsafe(32)
+    print(f"key:        {key}")
+    print(f"key_sha256: {hashlib.sha256(key.encode()).hexdigest()}")
+    return 0
+
+
+def _check(path: str) -> int:
+    from modelpool.describe import describe
+
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        print(
+            f"{path}: invalid ({len(exc.issues)} error{'s' if len(exc.issues) != 1 else ''})",
+            file=sys.stderr,
+        )
+        return 1
+    print(describe(config))
+    return 0
+
+
+def _run(path: str, listen: str | None, log_format: str | None) -> int:
+    from modelpool.app import serve
+    from modelpool.logs import setup_logging
+
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    host, port = parse_listen(listen) if listen else (config.server.host, config.server.port)
+    if not config.clients and not is_loopback(host):
+        print(
+            f"refusing to listen on non-loopback {host!r} without `clients` configured",
+            file=sys.stderr,
+        )
+        return 1
+    setup_logging(log_format or config.server.log_format, config.server.log_level)
+    return _event_loop_run(serve(config, host, port))
+
+
+def _event_loop_run(coro: object) -> int:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on POSIX
+        return asyncio.run(coro)  # type: ignore[arg-type]
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coro)  # type: ignore[arg-type]
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""Config → RoutingTable. Pure: no awaits, no I/O; state is looked up, not created anew.
+
+Everything a request would otherwise recompute (URLs, auth headers,
+effective timeouts, failover order) is settled here, once per reload.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from modelpool.balance import round_robin, strategy_for
+from modelpool.config.spec import Config, ModelSpec, PoolSpec, ProviderSpec
+from modelpool.config.spec import frozen as freeze
+from modelpool.errors import UpstreamConnectError
+from modelpool.providers.base import Call, Provider, UpstreamResponse
+from modelpool.providers.mock import MockProvider
+from modelpool.providers.openai import OpenAIProvider, api_root
+from modelpool.state import ModelIdentity, StateRegistry
+from modelpool.table import Member, Model, Pool, RoutingTable
+from modelpool.upstream import Transports
+
+OPENAI_DIALECT = frozenset({"openai", "openai_compatible", "ollama", "azure_openai"})
+
+
+def identity_of(spec: ModelSpec, provider: ProviderSpec) -> ModelIdentity:
+    credential = provider.api_key.fingerprint if provider.api_key is not None else ""
+    endpoint = f"{provider.type}:{provider.base_url}"
+    return ModelIdentity(spec.name, endpoint, spec.upstream_model, credential)
+
+
+def compile_table(
+    config: Config, *, generation: int, registry: StateRegistry, transports: Transports
+) -> RoutingTable:
+    adapters = {name: _adapter(spec, transports) for name, spec in config.providers.items()}
+    models = {
+        name: _model(spec, config.providers[spec.provider], adapters[spec.provider], registry)
+        for name, spec in config.models.items()
+    }
+    pools = {name: _pool(spec, config, models, registry) for name, spec in config.pools.items()}
+    routes = dict(pools)
+    for name, model in models.items():
+        member = Member(model, 1.0, 0, model.provider.timeouts)
+        routes[name] = Pool(
+            name, None, (member,), round_robin, registry.pool(f"model:{name}"), (name,), 1
+        )
+    return RoutingTable(generation, config, freeze(models), freeze(pools), freeze(routes))
+
+
+def _adapter(spec: ProviderSpec, transports: Transports) -> Provider:
+    if spec.type == "mock":
+        return MockProvider(spec)
+    if spec.type in OPENAI_DIALECT:
+        return OpenAIProvider(spec, transports.get(api_root(spec), spec.max_connections))
+    return UnsupportedProvider(spec)
+
+
+def _model(
+    spec: ModelSpec, provider: ProviderSpec, adapter: Provider, registry: StateRegistry
+) -> Model:
+    identity = identity_of(spec, provider)
+    return Model(spec.name, spec, provider, adapter, identity, registry.model(identity))
+
+
+def _pool(
+    spec: PoolSpec, config: Config, models: Mapping[str, Model], registry: StateRegistry
+) -> Pool:
+    members = tuple(
+        Member(
+            models[m.model],
+            m.weight,
+            m.priority,
+            models[m.model].provider.timeouts.merged(spec.timeouts),
+        )
+        for m in spec.members
+    )
+    chain = failover_chain(spec.name, config.pools)
+    return Pool(
+        spec.name,
+        spec,
+        members,
+        strategy_for(spec.strategy),
+        registry.pool(spec.name),
+        chain,
+        spec.retry.attempts,
+    )
+
+
+def failover_chain(start: str, pools: Mapping[str, PoolSpec]) -> tuple[str, ...]:
+    """``start`` then its failover pools depth-first; each pool once, so loops end."""
+    chain: list[str] = []
+
+    def visit(name: str) -> None:
+        if name in chain or name not in pools:
+            return
+        chain.append(name)
+        for target in pools[name].failover:
+            visit(target)
+
+    visit(start)
+    return tuple(chain)
+
+
+class UnsupportedProvider:
+    """A provider type whose adapter this build lacks: every call fails over cleanly."""
+
+    def __init__(self, spec: ProviderSpec) -> None:
+        self.type = spec.type
+
+    async def send(self, call: Call) -> UpstreamResponse:
+        message = f"{call.model}: provider type {self.type!r} is not supported by this build"
+        raise UpstreamConnectError(message, model=call.model)
+
+    async def aclose(self) -> None:
+        """Nothing to release."""

@@ -1,0 +1,1 @@
+"""Config pipeline: YAML with line numbers → schema → secrets → semantic checks → spec."""

@@ -1,0 +1,64 @@
+"""``${env:NAME}`` and ``${secret:NAME}`` substitution in string values."""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from modelpool.config.source import Document, Path
+from modelpool.errors import ConfigIssue
+
+_REFERENCE = re.compile(r"\$\{([A-Za-z_]+):([^}]*)\}")
+
+
+@dataclass
+class Interpolation:
+    """The substituted data, plus where secrets went, for redaction."""
+
+    data: Any
+    issues: list[ConfigIssue] = field(default_factory=list)
+    secret_paths: set[Path] = field(default_factory=set)
+
+
+def interpolate(doc: Document, env: Mapping[str, str], secrets: Mapping[str, str]) -> Interpolation:
+    """Substitute every reference in ``doc``; a missing one is an issue at its key."""
+    result = Interpolation(data=None)
+
+    def substitute(value: Any, path: Path) -> Any:
+        if isinstance(value, dict):
+            return {k: substitute(v, (*path, k)) for k, v in value.items()}
+        if isinstance(value, list):
+            return [substitute(v, (*path, i)) for i, v in enumerate(value)]
+        if isinstance(value, str) and "${" in value:
+            return _REFERENCE.sub(lambda m: resolve(m, path), value)
+        return value
+
+    def resolve(match: re.Match[str], path: Path) -> str:
+        kind, name = match[1], match[2]
+        if kind == "env":
+            if name in env:
+                return env[name]
+            result.issues.append(doc.issue(path, f"environment variable {name!r} is not set"))
+        elif kind == "secret":
+            result.secret_paths.add(path)
+            if name in secrets:
+                return secrets[name]
+            result.issues.append(doc.issue(path, _unknown_secret(name, secrets)))
+        else:
+            message = f"unknown reference ${{{kind}:…}}: use ${{env:NAME}} or ${{secret:NAME}}"
+            result.issues.append(doc.issue(path, message))
+        return ""
+
+    result.data = substitute(doc.data, ())
+    return result
+
+
+def _unknown_secret(name: str, secrets: Mapping[str, str]) -> str:
+    if not secrets:
+        return f"unknown secret {name!r}: no secrets are loaded (see secrets.sops_files)"
+    close = difflib.get_close_matches(name, list(secrets), n=1, cutoff=0.6)
+    hint = f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(sorted(secrets))})"
+    return f"unknown secret {name!r}{hint}"

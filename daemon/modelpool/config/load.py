@@ -1,0 +1,221 @@
+"""The whole config pipeline: read → parse → schema → secrets → interpolate → semantics → spec.
+
+``load_config`` is what both ``modelpool check`` and the daemon (at start and
+on every reload) call, so the two can never disagree on a verdict.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Mapping
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from modelpool.config.interpolate import interpolate
+from modelpool.config.schema import validate_schema
+from modelpool.config.secrets import Secret, SopsError, decrypt_sops_file
+from modelpool.config.semantic import check_semantics
+from modelpool.config.source import Document, parse_yaml
+from modelpool.config.spec import (
+    BreakerPolicy,
+    Budget,
+    ClientSpec,
+    Config,
+    Health,
+    MockBehaviour,
+    ModelSpec,
+    PoolSpec,
+    Price,
+    ProviderSpec,
+    QueuePolicy,
+    UsageSpec,
+    build_breaker,
+    build_limits,
+    build_member,
+    build_retry,
+    build_timeouts,
+    frozen,
+    server_from,
+)
+from modelpool.config.units import parse_duration
+from modelpool.errors import ConfigError, ConfigIssue
+
+DEFAULT_STRATEGY = "round_robin"
+
+
+def load_config(path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None) -> Config:
+    """Load and fully validate ``path``; raise ConfigError listing every problem."""
+    file = str(path)
+    text = _read(Path(path), file)
+    doc = parse_yaml(text, file)
+    if not isinstance(doc.data, dict):
+        raise ConfigError([ConfigIssue(file, 1, "", "the config must be a YAML mapping")])
+    issues = validate_schema(doc)
+    if issues:
+        raise ConfigError(issues)
+    base = Path(path).resolve().parent
+    secrets, sops_issues, sops_files = _decrypt_all(doc, base)
+    result = interpolate(doc, os.environ if env is None else env, secrets)
+    issues = sops_issues + result.issues + check_semantics(doc, result.data)
+    if issues:
+        raise ConfigError(sorted(issues, key=lambda i: (i.file, i.line or 0)))
+    digest = hashlib.sha256(text.encode())
+    for sops_file in sops_files:
+        digest.update(sops_file.read_bytes())
+    files = (str(Path(path).resolve()), *(str(f) for f in sops_files))
+    config = _assemble(result.data, file, digest.hexdigest(), base, files)
+    return replace(config, secrets=_secrets_of(config, result.data, result.secret_paths))
+
+
+def _secrets_of(config: Config, data: Any, paths: set[tuple[str | int, ...]]) -> tuple[Secret, ...]:
+    found = {Secret(str(_at(data, path))) for path in paths}
+    for provider in config.providers.values():
+        if provider.api_key is not None:
+            found.add(provider.api_key)
+        found.update(v for v in provider.headers.values() if isinstance(v, Secret))
+    if config.server.admin_token is not None:
+        found.add(config.server.admin_token)
+    return tuple(found)
+
+
+def _at(data: Any, path: tuple[str | int, ...]) -> Any:
+    for part in path:
+        data = data[part]
+    return data
+
+
+def _read(path: Path, file: str) -> str:
+    try:
+        return path.read_text("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError([ConfigIssue(file, None, "", f"cannot read config: {reason}")]) from None
+
+
+def _decrypt_all(doc: Document, base: Path) -> tuple[dict[str, str], list[ConfigIssue], list[Path]]:
+    section = doc.data.get("secrets", {})
+    binary = section.get("sops_binary", "sops")
+    timeout = parse_duration(section.get("timeout", "10s"))
+    secrets: dict[str, str] = {}
+    issues: list[ConfigIssue] = []
+    files: list[Path] = []
+    for i, name in enumerate(section.get("sops_files", [])):
+        file = (base / name).resolve()
+        try:
+            secrets.update(decrypt_sops_file(file, binary=binary, timeout=timeout))
+            files.append(file)
+        except SopsError as exc:
+            issues.append(doc.issue(("secrets", "sops_files", i), str(exc)))
+    return secrets, issues, files
+
+
+def _secret(value: str | None) -> Secret | None:
+    return None if value is None else Secret(value)
+
+
+def _provider(name: str, raw: Mapping[str, Any]) -> ProviderSpec:
+    health = raw.get("health", {})
+    mock = dict(raw.get("mock", {}))
+    for key in ("latency", "chunk_delay"):
+        if key in mock:
+            mock[key] = parse_duration(mock[key])
+    return ProviderSpec(
+        name=name,
+        type=raw["type"],
+        base_url=raw.get("base_url", "mock://").rstrip("/"),
+        api_key=_secret(raw.get("api_key")),
+        api_version=raw.get("api_version"),
+        headers=frozen({k: Secret(v) for k, v in raw.get("headers", {}).items()}),
+        timeouts=build_timeouts(raw.get("timeouts")),
+        max_connections=raw.get("max_connections", 64),
+        health=Health(
+            interval=parse_duration(health["interval"]) if "interval" in health else None,
+            timeout=parse_duration(health.get("timeout", 5.0)),
+            probe=health.get("probe", "models"),
+        ),
+        mock=MockBehaviour(**mock),
+    )
+
+
+def _model(name: str, raw: Mapping[str, Any], breakers: BreakerPolicy) -> ModelSpec:
+    price = raw.get("price")
+    return ModelSpec(
+        name=name,
+        provider=raw["provider"],
+        upstream_model=raw.get("upstream_model", name),
+        capabilities=frozenset(raw.get("capabilities", ("chat", "stream"))),
+        context_window=raw.get("context_window"),
+        max_output_tokens=raw.get("max_output_tokens"),
+        price=Price(**price) if price else None,
+        limits=build_limits(raw.get("limits")),
+        breaker=build_breaker(raw.get("breaker"), breakers),
+        description=raw.get("description", ""),
+    )
+
+
+def _pool(name: str, raw: Mapping[str, Any]) -> PoolSpec:
+    queue = raw.get("queue", {})
+    defaults = QueuePolicy()
+    return PoolSpec(
+        name=name,
+        strategy=raw.get("strategy", DEFAULT_STRATEGY),
+        members=tuple(build_member(m, i) for i, m in enumerate(raw["members"])),
+        retry=build_retry(raw.get("retry")),
+        queue=QueuePolicy(
+            max_waiting=queue.get("max_waiting", defaults.max_waiting),
+            timeout=parse_duration(queue.get("timeout", defaults.timeout)),
+        ),
+        limits=build_limits(raw.get("limits")),
+        timeouts=frozen({k: parse_duration(v) for k, v in raw.get("timeouts", {}).items()}),
+        failover=tuple(raw.get("failover", ())),
+        description=raw.get("description", ""),
+    )
+
+
+def _client(name: str, raw: Mapping[str, Any]) -> ClientSpec:
+    pools = raw.get("pools")
+    return ClientSpec(
+        name=name,
+        key_sha256=raw["key_sha256"],
+        pools=frozenset(pools) if pools is not None else None,
+        limits=build_limits(raw.get("limits")),
+        budget=Budget(**raw.get("budget", {})),
+    )
+
+
+def _usage(raw: Mapping[str, Any], base: Path) -> UsageSpec:
+    store = raw.get("store", "usage.db")
+    if "://" not in store:
+        store = f"sqlite:///{(base / store).resolve()}"
+    elif store.startswith("sqlite:///") and not store.startswith("sqlite:////"):
+        relative = store.removeprefix("sqlite:///")
+        store = (
+            f"sqlite:///{(base / relative).resolve()}" if not relative.startswith("/") else store
+        )
+    defaults = UsageSpec(store=store)
+    return UsageSpec(
+        store=store,
+        flush_interval=parse_duration(raw.get("flush_interval", defaults.flush_interval)),
+        retention=parse_duration(raw.get("retention", defaults.retention)),
+    )
+
+
+def _assemble(
+    data: Mapping[str, Any], file: str, digest: str, base: Path, files: tuple[str, ...]
+) -> Config:
+    server = data.get("server", {})
+    breakers = build_breaker(data.get("breakers"), BreakerPolicy())
+    return Config(
+        source=file,
+        digest=digest,
+        server=server_from(server, _secret(server.get("admin_token"))),
+        providers=frozen({n: _provider(n, p) for n, p in data["providers"].items()}),
+        models=frozen({n: _model(n, m, breakers) for n, m in data["models"].items()}),
+        pools=frozen({n: _pool(n, p) for n, p in data["pools"].items()}),
+        breakers=breakers,
+        clients=frozen({n: _client(n, c) for n, c in data.get("clients", {}).items()}),
+        usage=_usage(data.get("usage", {}), base),
+        files=files,
+    )

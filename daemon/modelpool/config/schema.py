@@ -1,0 +1,149 @@
+"""JSON Schema validation with messages a person can act on.
+
+jsonschema's raw messages are written for schema authors; here each error is
+rewritten to name the offending key, suggest the closest known key for typos,
+and point at the line it came from.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from collections.abc import Iterator, Mapping
+from functools import cache
+from importlib import resources
+from typing import Any
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import ValidationError
+
+from modelpool.config.source import Document, Path
+from modelpool.errors import ConfigIssue
+
+
+def schema_text() -> str:
+    """The schema as shipped (also `schemas/pools.schema.json` in the repository)."""
+    return resources.files("modelpool.config").joinpath("pools.schema.json").read_text("utf-8")
+
+
+@cache
+def _validator() -> Draft202012Validator:
+    schema = json.loads(schema_text())
+    Draft202012Validator.check_schema(schema)
+    return Draft202012Validator(schema)
+
+
+def validate_schema(doc: Document) -> list[ConfigIssue]:
+    """Every schema violation in ``doc``, in file order."""
+    issues: list[ConfigIssue] = []
+    for error in _validator().iter_errors(doc.data):
+        for path, message in _explain(error):
+            issues.append(doc.issue(path, message))
+    issues.sort(key=lambda i: (i.line or 0, i.path))
+    return issues
+
+
+def _explain(error: ValidationError) -> Iterator[tuple[Path, str]]:
+    path: Path = tuple(error.absolute_path)
+    kind = error.validator
+    if kind == "additionalProperties":
+        yield from _unknown_keys(error, path)
+    elif kind == "required":
+        missing = error.message.split("'")[1] if "'" in error.message else error.message
+        yield path, f"missing required key '{missing}'"
+    elif kind in ("oneOf", "anyOf"):
+        yield path, _one_of(error)
+    elif kind == "enum":
+        yield path, _enum(error)
+    elif kind == "const":
+        yield path, f"must be {error.validator_value!r}, got {error.instance!r}"
+    elif kind == "type":
+        expected = _type_name(error.validator_value)
+        yield path, f"expected {expected}, got {_type_of(error.instance)}"
+    elif kind == "not" and isinstance(error.instance, dict) and "mock" in error.instance:
+        yield (*path, "mock"), "`mock` settings apply only to providers of type: mock"
+    elif kind == "pattern" or (kind == "propertyNames"):
+        yield path, _described(error)
+    else:
+        yield path, error.message
+
+
+def _schema_of(error: ValidationError) -> dict[str, Any]:
+    return dict(error.schema) if isinstance(error.schema, Mapping) else {}
+
+
+def _values_of(error: ValidationError) -> list[Any]:
+    value = error.validator_value
+    return list(value) if isinstance(value, list | tuple) else []
+
+
+def _unknown_keys(error: ValidationError, path: Path) -> Iterator[tuple[Path, str]]:
+    known = sorted(_schema_of(error).get("properties", {}))
+    instance = error.instance if isinstance(error.instance, dict) else {}
+    extra = [key for key in instance if key not in known]
+    for key in extra:
+        close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+        hint = f" (did you mean '{close[0]}'?)" if close else f" (known keys: {', '.join(known)})"
+        yield (*path, key), f"unknown key '{key}'{hint}"
+
+
+def _enum(error: ValidationError) -> str:
+    options = [str(v) for v in _values_of(error)]
+    close = difflib.get_close_matches(str(error.instance), options, n=1, cutoff=0.6)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    return f"{error.instance!r} is not one of {', '.join(options)}{hint}"
+
+
+def _one_of(error: ValidationError) -> str:
+    description = _schema_of(error).get("description")
+    if description:
+        return (
+            f"invalid value {error.instance!r}: expected {description[0].lower()}{description[1:]}"
+        )
+    subs = sorted(error.context or (), key=lambda e: len(e.absolute_path), reverse=True)
+    return subs[0].message if subs else error.message
+
+
+def _described(error: ValidationError) -> str:
+    description = _schema_of(error).get("description")
+    if error.validator == "propertyNames":
+        return f"invalid name {error.instance!r}: {_name_rule()}"
+    if description:
+        return f"invalid value {error.instance!r}: {description}"
+    return error.message
+
+
+def _name_rule() -> str:
+    schema = _validator().schema
+    return str(schema["$defs"]["name"]["description"]) if isinstance(schema, Mapping) else ""
+
+
+_TYPE_NAMES = {
+    "object": "a mapping",
+    "array": "a list",
+    "string": "a string",
+    "integer": "an integer",
+    "number": "a number",
+    "boolean": "true or false",
+    "null": "nothing",
+}
+
+
+def _type_name(expected: object) -> str:
+    if isinstance(expected, list):
+        return " or ".join(_TYPE_NAMES.get(str(t), str(t)) for t in expected)
+    return _TYPE_NAMES.get(str(expected), str(expected))
+
+
+def _type_of(value: object) -> str:
+    if value is None:
+        return "nothing"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, int | float):
+        return f"the number {value}"
+    return f"the string {value!r}"

@@ -1,0 +1,185 @@
+"""Checks the schema cannot express: references, cycles, duplicates, consistency.
+
+Each check reads the schema-valid data and reports issues at the exact key
+path; all of them run, so one ``modelpool check`` lists every problem.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+from modelpool.config.source import Document, Path
+from modelpool.config.spec import parse_listen
+from modelpool.config.units import parse_duration
+from modelpool.errors import ConfigIssue
+
+Check = Callable[[Document, Mapping[str, Any]], Iterator[tuple[Path, str]]]
+
+
+def check_semantics(doc: Document, data: Mapping[str, Any]) -> list[ConfigIssue]:
+    issues = [doc.issue(path, message) for check in CHECKS for path, message in check(doc, data)]
+    issues.sort(key=lambda i: (i.line or 0, i.path))
+    return issues
+
+
+def _unknown(kind: str, name: str, known: Mapping[str, Any]) -> str:
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"unknown {kind} {name!r}{hint}"
+
+
+def _model_providers(doc: Document, data: Mapping[str, Any]) -> Iterator[tuple[Path, str]]:
+    for name, model in data["models"].items():
+        if model["provider"] not in data["providers"]:
+            yield (
+                ("models", name, "provider"),
+                _unknown("provider", model["provider"], data["providers"]),
+            )
+
+
+def _pool_members(doc: Document, data: Mapping[str, Any]) -> Iterator[tuple[Path, str]]:
+    for name, pool in data["pools"].items():
+        seen: set[str] = set()
+        for i, member in enumerate(pool["members"]):
+            model = member if isinstance(member, str) else member["model"]
+            path: Path = ("pools", name, "members", i)
+            if model not in data["models"]:
+                hint = " (members name models, not pools)" if model in data["pools"] else ""
+                yield path, _unknown("model", model, data["models"]) + hint
+            elif model in seen:
+                yield path, f"duplicate member {model!r}"
+            seen.add(model)
+
+
+def _failover(doc: Document, data: Mapping[str, Any]) -> Iterator[tuple[Path, str]]:
+    pools = data["pools"]
+    for name, pool in pools.items():
+        for i, target in enumerate(pool.get("failover", [])):
+            path: Path = ("pools", name, "failover", i)
+            if target == name:
+                yield path, f"pool {name!r} fails over to itself"
+            elif target not in pools:
+                yield path, _unknown("pool", target, pools)
+    yield from _cycles(pools)
+
+
+def _cycles(pools: Mapping[str, Any]) -> Iterator[tuple[Path, str]]:
+    """Report each failover cycle once, at the edge that closes it."""
+    reported: set[frozenset[str]] = set()
+
+    def walk(name: str, trail: list[str]) -> Iterator[tuple[Path, str]]:
+        for i, target in enumerate(pools[name].get("failover", [])):
+            if target not in pools or target == name:
+                continue
+            if target in trail:
+                cycle = [*trail[trail.index(target) :], target]
+                if frozenset(cycle) not in reported:
+                    reported.add(frozenset(cycle))
+                    yield ("pools", name, "failover", i), "failover cycle: " + " → ".join(cycle)
+            else:
+                yield from walk(target, [*trail, target])
+
+    for start in pools:
+        yield from walk(start, [start])
+
+
+def _clients(doc: Document, data: Mapping[str, Any]) -> Iterator[tuple[Path, str]]:
+    routes = {**data["models"], **data["pools"]}
+    hashes: dict[str, str] = {}
+    for name, client in data.get("clients", {}).items():
+        for i, pool in enumerate(client.get("pools", [])):
+            if pool not in routes:
+                yield ("clients", name, "pools", i), _unknown("pool", pool, data["pools"])
+        key = client["key_sha256"]
+        if key in hashes:
+            yield ("clients", name, "key_sha256"), f"same key as client {hashes[key]!r}"
+        hashes.setdefault(key, name)
+
+
+def _names(doc: Document, data: Mapping[str, Any]) -> Iterator[tuple[Path, str]]:
+    for name in data["pools"]:
+        if name in data["models"]:
+            message = (
+                f"{name!r} is both a pool and a model; a request's `model` must name exactly one"
+            )
+            yield ("pools", name), message
+
+
+def _listen(doc: Document, data: Mapping[str, Any]) -> Iterator[tuple[Path, str]]:
+    listen = data.get("server", {}).get("listen")
+    if listen is None:
+        return
+    host, port = parse_listen(listen)
+    if not 0 <= port <= 65535:
+        yield ("server", "listen"), f"port {port} is out of range"
+    if not data.get("clients") and not is_loopback(host):
+        message = f"refusing to listen on non-loopback {host!r} without `clients` (keys) configured"
+        yield ("server", "listen"), message
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _ordered_durations(doc: Document, data: Mapping[str, Any]) -> Iterator[tuple[Path, str]]:
+    """Pairs that must be ordered: a timeout above `total`, a backoff above its max."""
+    for kind in ("providers", "pools"):
+        for name, item in data[kind].items():
+            yield from _not_above(item.get("timeouts", {}), (kind, name, "timeouts"), "total")
+    for name, pool in data["pools"].items():
+        backoff = pool.get("retry", {}).get("backoff", {})
+        yield from _not_above(backoff, ("pools", name, "retry", "backoff"), "max")
+    yield from _not_above(
+        data.get("breakers", {}).get("cooldown", {}), ("breakers", "cooldown"), "max"
+    )
+    for name, model in data["models"].items():
+        cooldown = model.get("breaker", {}).get("cooldown", {})
+        yield from _not_above(cooldown, ("models", name, "breaker", "cooldown"), "max")
+
+
+def _not_above(values: Mapping[str, Any], path: Path, ceiling: str) -> Iterator[tuple[Path, str]]:
+    if ceiling not in values:
+        return
+    limit = parse_duration(values[ceiling])
+    for key, value in values.items():
+        if key != ceiling and key != "multiplier" and parse_duration(value) > limit:
+            yield (*path, key), f"{key} ({value}) is longer than {ceiling} ({values[ceiling]})"
+
+
+def _limits(doc: Document, data: Mapping[str, Any]) -> Iterator[tuple[Path, str]]:
+    sections = [("models", n, m) for n, m in data["models"].items()]
+    sections += [("pools", n, p) for n, p in data["pools"].items()]
+    sections += [("clients", n, c) for n, c in data.get("clients", {}).items()]
+    for kind, name, item in sections:
+        limits = item.get("limits", {})
+        tpm, reserve = limits.get("tpm"), limits.get("default_max_tokens")
+        if tpm is not None and reserve is not None and reserve > tpm:
+            message = (
+                f"default_max_tokens ({reserve}) exceeds tpm ({tpm}): no request could be admitted"
+            )
+            yield (kind, name, "limits", "default_max_tokens"), message
+    for name, model in data["models"].items():
+        window, out = model.get("context_window"), model.get("max_output_tokens")
+        if window is not None and out is not None and out > window:
+            message = f"max_output_tokens ({out}) exceeds context_window ({window})"
+            yield ("models", name, "max_output_tokens"), message
+
+
+CHECKS: tuple[Check, ...] = (
+    _model_providers,
+    _pool_members,
+    _failover,
+    _clients,
+    _names,
+    _listen,
+    _ordered_durations,
+    _limits,
+)

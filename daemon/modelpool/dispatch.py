@@ -1,0 +1,139 @@
+"""The orchestrator: one request → the members of its pool and failover chain.
+
+Everything around it is a pure mechanism (strategies, providers, transport);
+this is the only place that decides whether a failure is worth another
+attempt, and the only place that walks the chain. A failure is retried on
+the next member only while nothing has been sent to the client: for a
+non-streaming call the body is read inside the attempt, and for a stream the
+first chunk is, so an upstream that dies before its first byte fails over.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from modelpool.clock import Clock
+from modelpool.errors import (
+    AllAttemptsFailed,
+    RouteNotFound,
+    UpstreamConnectError,
+    UpstreamError,
+    UpstreamStatusError,
+    UpstreamStreamBroken,
+    UpstreamTimeout,
+)
+from modelpool.providers.base import Call, UpstreamResponse
+from modelpool.table import Member, Pool, RoutingTable
+
+RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 529})
+
+
+def is_retryable(error: UpstreamError) -> bool:
+    """Worth trying another member? Request-scoped statuses (400, 401, 413, 422…) are not."""
+    if isinstance(error, UpstreamStatusError):
+        return error.status in RETRYABLE_STATUS or error.status >= 500
+    return isinstance(error, UpstreamConnectError | UpstreamTimeout | UpstreamStreamBroken)
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyRequest:
+    endpoint: str
+    route: str
+    """The request's `model` field: a pool or a model name."""
+    body: Mapping[str, Any]
+    stream: bool
+
+
+@dataclass(slots=True)
+class Served:
+    """A successful attempt, ready to relay."""
+
+    pool: str
+    member: Member
+    attempts: int
+    content_type: str
+    body: bytes
+    """The whole body (non-streaming) or the first chunk (streaming)."""
+    rest: AsyncIterator[bytes] | None
+    """The stream after ``body``; None when not streaming."""
+
+
+class Dispatcher:
+    def __init__(self, clock: Clock, rng: random.Random | None = None) -> None:
+        self._clock = clock
+        self._rng = rng or random.Random()
+
+    def resolve(self, table: RoutingTable, name: str) -> Pool:
+        route = table.routes.get(name)
+        if route is None:
+            known = ", ".join(sorted(table.routes))
+            raise RouteNotFound(f"unknown pool or model {name!r}; known: {known}", param="model")
+        return route
+
+    def candidates(self, table: RoutingTable, route: Pool) -> Iterator[tuple[str, Member]]:
+        """Members to try, in order: the pool's own, then each failover pool's; each model once."""
+        tried: set[str] = set()
+        for pool_name in route.chain:
+            pool = table.routes[pool_name]
+            for member in pool.order(self._rng):
+                if member.model.name not in tried:
+                    tried.add(member.model.name)
+                    yield pool_name, member
+
+    @asynccontextmanager
+    async def serve(self, table: RoutingTable, request: ProxyRequest) -> AsyncIterator[Served]:
+        """Yield the first successful attempt; raise the reason when none succeeds."""
+        route = self.resolve(table, request.route)
+        failures: list[UpstreamError] = []
+        for attempt, (pool_name, member) in enumerate(self.candidates(table, route), start=1):
+            if attempt > route.attempts:
+                break
+            state = member.model.state
+            state.started()
+            started = self._clock.now()
+            try:
+                response, head, rest = await self._attempt(member, request)
+            except UpstreamError as error:
+                state.finished(None, ok=False)
+                if not is_retryable(error):
+                    raise
+                failures.append(error)
+                continue
+            except BaseException:
+                state.finished(None, ok=False)
+                raise
+            served = Served(pool_name, member, attempt, response.content_type, head, rest)
+            ok = False
+            try:
+                yield served
+                ok = True
+            finally:
+                response.close()
+                state.finished(self._clock.now() - started, ok=ok)
+            return
+        raise AllAttemptsFailed(failures)
+
+    async def _attempt(
+        self, member: Member, request: ProxyRequest
+    ) -> tuple[UpstreamResponse, bytes, AsyncIterator[bytes] | None]:
+        model = member.model
+        body = {**request.body, "model": model.spec.upstream_model}
+        call = Call(request.endpoint, body, request.stream, member.timeouts, model.name)
+        response = await model.adapter.send(call)
+        try:
+            if not request.stream:
+                return response, await response.read(), None
+            rest = aiter(response.chunks())
+            first = await anext(rest, b"")
+            if not first:
+                raise UpstreamStreamBroken(
+                    f"{model.name}: stream ended before any data", model=model.name
+                )
+            return response, first, rest
+        except BaseException:
+            response.close()
+            raise

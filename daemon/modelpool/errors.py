@@ -1,0 +1,183 @@
+"""The error taxonomy of modelpool, in one place.
+
+Every failure the daemon knows how to handle is one of these classes; the
+HTTP edge (``modelpool.api_errors``) is the only place that turns them into a
+client-visible response, and ``modelpool.dispatch`` is the only place that
+decides whether one is worth another attempt.
+
+::
+
+    ModelpoolError
+    ├── ConfigError                 the config cannot become a routing table
+    │                               (carries every ConfigIssue found, not just the first)
+    ├── RequestError                the client's request is wrong; never retried
+    │   ├── BadRequest              400: malformed JSON, wrong types, missing fields
+    │   ├── RouteNotFound           404: no pool or model of that name
+    │   └── PayloadTooLarge         413: body over server.max_body_bytes
+    ├── RoutingError                modelpool could not find an upstream to serve
+    │   ├── NoCapacity              429: every member is limited (carries retry_after)
+    │   └── AllAttemptsFailed       502/503/504: every attempt failed (keeps them all)
+    └── UpstreamError               one attempt at one model failed
+        ├── UpstreamConnectError    could not connect (refused, DNS, TLS, connect timeout)
+        ├── UpstreamTimeout         no first byte in time / stream idle / total deadline
+        ├── UpstreamStatusError     the upstream answered with a non-2xx status
+        └── UpstreamStreamBroken    the upstream broke a response after it had started
+
+Transport code raises ``UpstreamError`` subclasses and states facts (status,
+phase, Retry-After); it never decides what is retryable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+
+class ModelpoolError(Exception):
+    """Base of every error modelpool raises on purpose."""
+
+
+# --------------------------------------------------------------------------- config
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigIssue:
+    """One problem in a config file, located as precisely as we can."""
+
+    file: str
+    line: int | None
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        where = self.file if self.line is None else f"{self.file}:{self.line}"
+        return f"{where} {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
+
+
+class ConfigError(ModelpoolError):
+    """The config is invalid; ``issues`` lists every problem found."""
+
+    def __init__(self, issues: Iterable[ConfigIssue]) -> None:
+        self.issues: tuple[ConfigIssue, ...] = tuple(issues)
+        super().__init__("\n".join(str(issue) for issue in self.issues))
+
+
+# --------------------------------------------------------------------------- request
+
+
+class RequestError(ModelpoolError):
+    """The client's request cannot be served as sent. Never retried."""
+
+    status = 400
+    code = "invalid_request_error"
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+
+class BadRequest(RequestError):
+    status = 400
+
+
+class RouteNotFound(RequestError):
+    status = 404
+    code = "model_not_found"
+
+
+class PayloadTooLarge(RequestError):
+    status = 413
+    code = "request_too_large"
+
+
+# --------------------------------------------------------------------------- upstream
+
+
+class UpstreamError(ModelpoolError):
+    """One attempt at one model failed. ``model`` names the model tried."""
+
+    def __init__(self, message: str, *, model: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.model = model
+
+
+class UpstreamConnectError(UpstreamError):
+    """No connection could be made (refused, reset before response, DNS, TLS, timeout)."""
+
+
+class UpstreamTimeout(UpstreamError):
+    """A deadline passed; ``phase`` is ``first_byte``, ``idle`` or ``total``."""
+
+    def __init__(self, message: str, *, phase: str, model: str = "") -> None:
+        super().__init__(message, model=model)
+        self.phase = phase
+
+
+class UpstreamStatusError(UpstreamError):
+    """The upstream answered with an error status; ``body`` is its raw answer."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int,
+        body: bytes = b"",
+        retry_after: float | None = None,
+        model: str = "",
+    ) -> None:
+        super().__init__(message, model=model)
+        self.status = status
+        self.body = body
+        self.retry_after = retry_after
+
+
+class UpstreamStreamBroken(UpstreamError):
+    """The upstream broke off a response that had already started."""
+
+
+# --------------------------------------------------------------------------- routing
+
+
+class RoutingError(ModelpoolError):
+    """No upstream could serve the request."""
+
+    status = 503
+    code = "service_unavailable"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class NoCapacity(RoutingError):
+    status = 429
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class AllAttemptsFailed(RoutingError):
+    """Every attempt failed; the status follows the first failure's kind."""
+
+    def __init__(self, attempts: Sequence[UpstreamError]) -> None:
+        self.attempts = tuple(attempts)
+        first = self.attempts[0] if self.attempts else None
+        n = len(self.attempts)
+        detail = f"; first error: {first.message}" if first else ""
+        super().__init__(f"all {n} attempt{'s' if n != 1 else ''} failed{detail}")
+        self.status, self.code = _status_for(first)
+        self.retry_after = first.retry_after if isinstance(first, UpstreamStatusError) else None
+
+
+def _status_for(first: UpstreamError | None) -> tuple[int, str]:
+    if isinstance(first, UpstreamTimeout):
+        return 504, "upstream_timeout"
+    if isinstance(first, UpstreamConnectError) or first is None:
+        return 503, "upstream_unavailable"
+    if isinstance(first, UpstreamStatusError) and first.status == 429:
+        return 429, "rate_limit_exceeded"
+    return 502, "upstream_error"

@@ -1,0 +1,96 @@
+"""Long-lived runtime state, kept apart from the immutable routing table.
+
+The routing table is rebuilt on every reload; what a model has *learned*
+(in-flight count, latency, later breaker and limiter state) must survive
+that. So state lives here, keyed by :class:`ModelIdentity`: the model's name
+plus what makes it a different upstream (endpoint, upstream model name,
+credential fingerprint). Changing a timeout or a price keeps the state;
+pointing the model at another endpoint or key starts it fresh.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class ModelIdentity:
+    name: str
+    endpoint: str
+    upstream_model: str
+    credential: str
+
+
+class ModelState:
+    """What one model's runtime has learned. Mutated only on the event loop."""
+
+    __slots__ = ("errors", "identity", "in_flight", "latency_ewma", "requests")
+
+    def __init__(self, identity: ModelIdentity) -> None:
+        self.identity = identity
+        self.in_flight = 0
+        self.requests = 0
+        self.errors = 0
+        self.latency_ewma: float | None = None
+
+    def started(self) -> None:
+        self.in_flight += 1
+        self.requests += 1
+
+    def finished(self, latency: float | None, *, ok: bool) -> None:
+        self.in_flight = max(0, self.in_flight - 1)
+        if not ok:
+            self.errors += 1
+        if latency is not None:
+            previous = self.latency_ewma
+            self.latency_ewma = latency if previous is None else 0.8 * previous + 0.2 * latency
+
+
+class PoolState:
+    """Per-pool runtime state: the round-robin cursor, later queue state."""
+
+    __slots__ = ("cursor",)
+
+    def __init__(self) -> None:
+        self.cursor = 0
+
+    def advance(self) -> int:
+        """A fresh position for this request (wraps freely; callers take a modulo)."""
+        position = self.cursor
+        self.cursor = position + 1
+        return position
+
+
+class StateRegistry:
+    """Owns every ModelState and PoolState across reloads."""
+
+    def __init__(self) -> None:
+        self._models: dict[ModelIdentity, ModelState] = {}
+        self._pools: dict[str, PoolState] = {}
+
+    def model(self, identity: ModelIdentity) -> ModelState:
+        state = self._models.get(identity)
+        if state is None:
+            state = self._models[identity] = ModelState(identity)
+        return state
+
+    def pool(self, name: str) -> PoolState:
+        state = self._pools.get(name)
+        if state is None:
+            state = self._pools[name] = PoolState()
+        return state
+
+    def models(self) -> list[ModelState]:
+        return list(self._models.values())
+
+    def reconcile(self, live_models: Iterable[ModelIdentity], live_pools: Iterable[str]) -> None:
+        """Forget state no table refers to any more, once nothing is in flight on it."""
+        keep = set(live_models)
+        for identity, state in list(self._models.items()):
+            if identity not in keep and state.in_flight == 0:
+                del self._models[identity]
+        pools = set(live_pools)
+        for name in list(self._pools):
+            if name not in pools:
+                del self._pools[name]

@@ -1,0 +1,88 @@
+"""The routing table: an immutable snapshot of the config, ready to serve.
+
+Each request takes ``holder.current`` once, at its start, and uses only that
+snapshot, so a reload (which replaces the one reference in
+:class:`TableHolder`) never changes a request mid-flight. The table points at
+long-lived runtime state (``modelpool.state``) but does not own it.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from modelpool.balance import Strategy
+from modelpool.config.spec import Config, ModelSpec, PoolSpec, ProviderSpec, Timeouts
+from modelpool.providers.base import Provider
+from modelpool.state import ModelIdentity, ModelState, PoolState
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Model:
+    """One deployment, resolved: its provider, adapter and runtime state."""
+
+    name: str
+    spec: ModelSpec
+    provider: ProviderSpec
+    adapter: Provider
+    identity: ModelIdentity
+    state: ModelState
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Member:
+    """A model as a member of one pool, with that pool's weight and timeouts."""
+
+    model: Model
+    weight: float
+    priority: int
+    timeouts: Timeouts
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Pool:
+    """What a request's ``model`` field names: a declared pool, or a model on its own."""
+
+    name: str
+    spec: PoolSpec | None
+    """None for the implicit one-member route of a model named directly."""
+    members: tuple[Member, ...]
+    strategy: Strategy[Member]
+    state: PoolState
+    chain: tuple[str, ...]
+    """This pool, then its failover pools depth-first, each once."""
+    attempts: int
+    """Upstream tries per client request, across the whole chain."""
+
+    def order(self, rng: random.Random) -> list[Member]:
+        """Members in the order this request should try them."""
+        return self.strategy(self.members, self.state.advance(), rng)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class RoutingTable:
+    generation: int
+    config: Config
+    models: Mapping[str, Model]
+    pools: Mapping[str, Pool]
+    routes: Mapping[str, Pool]
+    """Declared pools plus one implicit route per model: what `model` may name."""
+
+
+class TableHolder:
+    """The single mutable reference to the table being served."""
+
+    __slots__ = ("_table",)
+
+    def __init__(self, table: RoutingTable) -> None:
+        self._table = table
+
+    @property
+    def current(self) -> RoutingTable:
+        return self._table
+
+    def swap(self, table: RoutingTable) -> RoutingTable:
+        """Install ``table``; return the one it replaced."""
+        previous, self._table = self._table, table
+        return previous
