@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from modelpool.auth import authorize
 from modelpool.dispatch import Dispatcher, ProxyRequest, Served
 from modelpool.errors import BadRequest, PayloadTooLarge, UpstreamError
 from modelpool.registry_view import models_listing
@@ -90,12 +91,16 @@ class ProxyApi:
         return await self._proxy(request, "embeddings")
 
     async def models(self, request: web.Request) -> web.Response:
-        return web.json_response(models_listing(self._holder.current), dumps=_dumps)
+        table = self._holder.current
+        client = table.authenticator.authenticate(request.headers)
+        return web.json_response(models_listing(table, client), dumps=_dumps)
 
     async def _proxy(self, request: web.Request, endpoint: str) -> web.StreamResponse:
         table = self._holder.current
+        client = table.authenticator.authenticate(request.headers)
         body = await read_json(request, table.config.server.max_body_bytes)
         stream = check_body(endpoint, body)
+        authorize(client, body["model"])
         proxy_request = ProxyRequest(endpoint, body["model"], body, stream)
         async with self._dispatcher.serve(table, proxy_request) as served:
             headers = {

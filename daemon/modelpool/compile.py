@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from modelpool.auth import Authenticator
 from modelpool.balance import round_robin, strategy_for
 from modelpool.config.spec import Config, ModelSpec, PoolSpec, ProviderSpec
 from modelpool.config.spec import frozen as freeze
@@ -43,7 +44,10 @@ def compile_table(
         routes[name] = Pool(
             name, None, (member,), round_robin, registry.pool(f"model:{name}"), (name,), 1
         )
-    return RoutingTable(generation, config, freeze(models), freeze(pools), freeze(routes))
+    authenticator = Authenticator(config.clients)
+    return RoutingTable(
+        generation, config, freeze(models), freeze(pools), freeze(routes), authenticator
+    )
 
 
 def _adapter(spec: ProviderSpec, transports: Transports) -> Provider:

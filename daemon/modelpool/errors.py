@@ -12,6 +12,8 @@ decides whether one is worth another attempt.
     │                               (carries every ConfigIssue found, not just the first)
     ├── RequestError                the client's request is wrong; never retried
     │   ├── BadRequest              400: malformed JSON, wrong types, missing fields
+    │   ├── Unauthorized            401: no or unknown client key (when clients are configured)
+    │   ├── Forbidden               403: the client may not use that pool
     │   ├── RouteNotFound           404: no pool or model of that name
     │   └── PayloadTooLarge         413: body over server.max_body_bytes
     ├── RoutingError                modelpool could not find an upstream to serve
@@ -79,6 +81,16 @@ class RequestError(ModelpoolError):
 
 class BadRequest(RequestError):
     status = 400
+
+
+class Unauthorized(RequestError):
+    status = 401
+    code = "invalid_api_key"
+
+
+class Forbidden(RequestError):
+    status = 403
+    code = "pool_not_allowed"
 
 
 class RouteNotFound(RequestError):

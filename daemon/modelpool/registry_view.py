@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from modelpool.auth import may_use
+from modelpool.config.spec import ClientSpec
 from modelpool.table import Model, Pool, RoutingTable
 
 
-def models_listing(table: RoutingTable) -> dict[str, Any]:
-    data = [_pool_entry(pool) for pool in table.pools.values()]
-    data += [_model_entry(model) for model in table.models.values()]
+def models_listing(table: RoutingTable, client: ClientSpec | None = None) -> dict[str, Any]:
+    """Pools and models ``client`` may name (all of them when the daemon is open)."""
+    data = [_pool_entry(pool) for name, pool in table.pools.items() if may_use(client, name)]
+    data += [_model_entry(model) for name, model in table.models.items() if may_use(client, name)]
     return {"object": "list", "data": data}
 
 

@@ -12,6 +12,7 @@ import random
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from modelpool.auth import Authenticator
 from modelpool.balance import Strategy
 from modelpool.config.spec import Config, ModelSpec, PoolSpec, ProviderSpec, Timeouts
 from modelpool.providers.base import Provider
@@ -68,6 +69,7 @@ class RoutingTable:
     pools: Mapping[str, Pool]
     routes: Mapping[str, Pool]
     """Declared pools plus one implicit route per model: what `model` may name."""
+    authenticator: Authenticator
 
 
 class TableHolder:

@@ -52,7 +52,7 @@ def _explain(error: ValidationError) -> Iterator[tuple[Path, str]]:
         missing = error.message.split("'")[1] if "'" in error.message else error.message
         yield path, f"missing required key '{missing}'"
     elif kind in ("oneOf", "anyOf"):
-        yield path, _one_of(error)
+        yield from _one_of(error, path)
     elif kind == "enum":
         yield path, _enum(error)
     elif kind == "const":
@@ -94,14 +94,22 @@ def _enum(error: ValidationError) -> str:
     return f"{error.instance!r} is not one of {', '.join(options)}{hint}"
 
 
-def _one_of(error: ValidationError) -> str:
+def _one_of(error: ValidationError, path: Path) -> Iterator[tuple[Path, str]]:
+    """Explain the alternative the value was meant for, not whichever is listed first."""
     description = _schema_of(error).get("description")
     if description:
-        return (
-            f"invalid value {error.instance!r}: expected {description[0].lower()}{description[1:]}"
-        )
-    subs = sorted(error.context or (), key=lambda e: len(e.absolute_path), reverse=True)
-    return subs[0].message if subs else error.message
+        expected = f"{description[0].lower()}{description[1:]}"
+        yield path, f"invalid value {error.instance!r}: expected {expected}"
+        return
+    alternatives = list(error.context or ())
+    # An alternative that rejects the value's very type is not the one the user meant.
+    meant = [e for e in alternatives if e.validator != "type" or e.relative_path]
+    if meant:
+        for sub in meant:
+            yield from _explain(sub)
+        return
+    expected = " or ".join(_type_name(e.validator_value) for e in alternatives)
+    yield path, f"expected {expected or 'another value'}, got {_type_of(error.instance)}"
 
 
 def _described(error: ValidationError) -> str:

@@ -61,6 +61,8 @@ def decrypt_sops_file(path: Path, *, binary: str, timeout: float) -> dict[str, s
         raise SopsError(
             f"sops binary {binary!r} not found; install sops or set secrets.sops_binary"
         ) from None
+    except OSError as exc:  # not executable, a directory, wrong architecture …
+        raise SopsError(f"cannot run sops binary {binary!r}: {exc.strerror or exc}") from None
     except subprocess.TimeoutExpired:
         raise SopsError(f"sops took longer than {timeout:g}s to decrypt {path.name}") from None
     if proc.returncode != 0:

@@ -27,7 +27,8 @@ def api_root(spec: ProviderSpec) -> str:
 
 
 def auth_headers(spec: ProviderSpec) -> dict[str, str]:
-    headers = {"Content-Type": "application/json", "Accept": "application/json"}
+    # identity: bodies are relayed byte for byte (and streams parsed), never re-encoded
+    headers = {"Content-Type": "application/json", "Accept-Encoding": "identity"}
     if spec.api_key is not None:
         if spec.type == "azure_openai":
             headers["api-key"] = spec.api_key.reveal()

@@ -1,0 +1,95 @@
+"""Client keys: 401 without a known key, 403 outside the client's pools, in OpenAI format."""
+
+from __future__ import annotations
+
+import hashlib
+import textwrap
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from modelpool.app import build_app
+from modelpool.config.load import load_config
+
+KEY = "mp-test-key-agent-a"
+OTHER_KEY = "mp-test-key-agent-b"
+
+CONFIG = f"""\
+version: 1
+providers:
+  mock: {{type: mock}}
+models:
+  m1: {{provider: mock}}
+  m2: {{provider: mock}}
+pools:
+  smart: {{members: [m1]}}
+  cheap: {{members: [m2]}}
+clients:
+  agent-a:
+    key_sha256: "{hashlib.sha256(KEY.encode()).hexdigest()}"
+    pools: [smart]
+  agent-b:
+    key_sha256: "{hashlib.sha256(OTHER_KEY.encode()).hexdigest()}"
+"""
+
+ClientFactory = Callable[[Any], Awaitable[TestClient[Any, Any]]]
+
+
+@pytest.fixture
+async def client(tmp_path: Path, aiohttp_client: ClientFactory) -> TestClient[Any, Any]:
+    path = tmp_path / "pools.yaml"
+    path.write_text(textwrap.dedent(CONFIG))
+    return await aiohttp_client(build_app(load_config(path)))
+
+
+def chat(model: str) -> dict[str, Any]:
+    return {"model": model, "messages": [{"role": "user", "content": "hi"}]}
+
+
+async def test_missing_key_is_401_in_openai_format(client: TestClient[Any, Any]) -> None:
+    response = await client.post("/v1/chat/completions", json=chat("smart"))
+    assert response.status == 401
+    error = (await response.json())["error"]
+    assert error["type"] == "authentication_error"
+    assert "Authorization: Bearer" in error["message"]
+
+
+async def test_unknown_key_is_401(client: TestClient[Any, Any]) -> None:
+    headers = {"Authorization": "Bearer not-a-known-key"}
+    response = await client.post("/v1/chat/completions", json=chat("smart"), headers=headers)
+    assert response.status == 401
+    assert (await response.json())["error"]["message"] == "invalid API key"
+
+
+@pytest.mark.parametrize("header", ["Authorization", "x-api-key"])
+async def test_known_key_is_served(client: TestClient[Any, Any], header: str) -> None:
+    value = f"Bearer {KEY}" if header == "Authorization" else KEY
+    response = await client.post("/v1/chat/completions", json=chat("smart"), headers={header: value})
+    assert response.status == 200
+    assert response.headers["x-modelpool-model"] == "m1"
+
+
+async def test_pool_outside_the_clients_list_is_403(client: TestClient[Any, Any]) -> None:
+    headers = {"Authorization": f"Bearer {KEY}"}
+    response = await client.post("/v1/chat/completions", json=chat("cheap"), headers=headers)
+    assert response.status == 403
+    error = (await response.json())["error"]
+    assert error["type"] == "permission_error"
+    assert "allowed: smart" in error["message"]
+
+
+async def test_models_list_shows_only_what_the_client_may_use(client: TestClient[Any, Any]) -> None:
+    assert (await client.get("/v1/models")).status == 401
+    limited = await client.get("/v1/models", headers={"Authorization": f"Bearer {KEY}"})
+    assert [m["id"] for m in (await limited.json())["data"]] == ["smart"]
+    everything = await client.get("/v1/models", headers={"x-api-key": OTHER_KEY})
+    assert {m["id"] for m in (await everything.json())["data"]} == {"smart", "cheap", "m1", "m2"}
+
+
+async def test_key_is_never_echoed(client: TestClient[Any, Any]) -> None:
+    headers = {"Authorization": f"Bearer {KEY}"}
+    response = await client.post("/v1/chat/completions", json=chat("cheap"), headers=headers)
+    assert KEY not in await response.text()
