@@ -7,6 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
+from modelpool.config.semantic import is_loopback
 from modelpool.table import TableHolder
 
 
@@ -50,6 +51,9 @@ class AdminApi:
     def _authorize(self, request: web.Request) -> None:
         token = self._holder.current.config.server.admin_token
         if token is None:
+            # No token: only this host may look, even when the proxy listens wider.
+            if not is_loopback(request.remote or ""):
+                raise web.HTTPForbidden(reason="admin endpoints need server.admin_token off-host")
             return
         given = request.headers.get("Authorization", "").removeprefix("Bearer ").encode()
         if not hmac.compare_digest(given, token.reveal().encode()):

@@ -126,5 +126,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
         return error_response(exc.status, message, code=None, headers=headers)
     except Exception:
+        if request.writer.output_size:
+            # The status line is already out: a second response would corrupt the
+            # stream, so let aiohttp cut the connection, which the client sees.
+            raise
         log.exception("unhandled error serving %s %s", request.method, request.path)
         return error_response(500, "internal error", code="internal_error")

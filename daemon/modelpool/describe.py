@@ -41,7 +41,7 @@ def redact(text: str, config: Config) -> str:
 def _server(config: Config) -> Iterator[str]:
     server = config.server
     host = f"[{server.host}]" if ":" in server.host else server.host
-    admin = "token required" if server.admin_token else "open (loopback)"
+    admin = "token required" if server.admin_token else "loopback peers only (no admin_token)"
     yield f"server: listen {host}:{server.port}; max body {server.max_body_bytes} bytes"
     yield f"admin: {admin}"
     yield f"usage: {config.usage.store}"

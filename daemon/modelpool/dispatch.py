@@ -19,6 +19,7 @@ from typing import Any
 from modelpool.clock import Clock
 from modelpool.errors import (
     AllAttemptsFailed,
+    BadRequest,
     RouteNotFound,
     UpstreamConnectError,
     UpstreamError,
@@ -30,6 +31,13 @@ from modelpool.providers.base import Call, UpstreamResponse
 from modelpool.table import Member, Pool, RoutingTable
 
 RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 529})
+
+
+_NEEDS = {
+    (endpoint, stream): frozenset({endpoint, "stream"} if stream else {endpoint})
+    for endpoint in ("chat", "completions", "embeddings")
+    for stream in (False, True)
+}
 
 
 def is_retryable(error: UpstreamError) -> bool:
@@ -46,6 +54,11 @@ class ProxyRequest:
     """The request's `model` field: a pool or a model name."""
     body: Mapping[str, Any]
     stream: bool
+
+    @property
+    def capabilities(self) -> frozenset[str]:
+        """What a model must declare to serve this request."""
+        return _NEEDS[self.endpoint, self.stream]
 
 
 @dataclass(slots=True)
@@ -74,22 +87,35 @@ class Dispatcher:
             raise RouteNotFound(f"unknown pool or model {name!r}; known: {known}", param="model")
         return route
 
-    def candidates(self, table: RoutingTable, route: Pool) -> Iterator[tuple[str, Member]]:
-        """Members to try, in order: the pool's own, then each failover pool's; each model once."""
+    def candidates(
+        self, table: RoutingTable, route: Pool, needs: frozenset[str]
+    ) -> Iterator[tuple[str, Member]]:
+        """Members to try, in order: the pool's own, then each failover pool's.
+
+        Each model is tried once, and only models with every capability in
+        ``needs``; when no member anywhere in the chain has them, that is the
+        client's mistake (400), not an outage.
+        """
         tried: set[str] = set()
         for pool_name in route.chain:
             pool = table.routes[pool_name]
             for member in pool.order(self._rng):
-                if member.model.name not in tried:
-                    tried.add(member.model.name)
+                model = member.model
+                if model.name not in tried and needs <= model.spec.capabilities:
+                    tried.add(model.name)
                     yield pool_name, member
+        if not tried:
+            wanted = ", ".join(sorted(needs))
+            message = f"no model in {route.name!r} or its failover pools supports {wanted}"
+            raise BadRequest(message, param="model")
 
     @asynccontextmanager
     async def serve(self, table: RoutingTable, request: ProxyRequest) -> AsyncIterator[Served]:
         """Yield the first successful attempt; raise the reason when none succeeds."""
         route = self.resolve(table, request.route)
         failures: list[UpstreamError] = []
-        for attempt, (pool_name, member) in enumerate(self.candidates(table, route), start=1):
+        needs = request.capabilities
+        for attempt, (pool_name, member) in enumerate(self.candidates(table, route, needs), 1):
             if attempt > route.attempts:
                 break
             state = member.model.state

@@ -246,20 +246,23 @@ class HttpResponse:
 
     async def chunks(self) -> AsyncIterator[bytes]:
         content = self._response.content
-        async with asyncio.timeout(None) as deadline:
-            while True:
-                deadline.reschedule(self._deadline())
-                try:
-                    chunk = await content.readany()
-                except TimeoutError:
-                    raise self._timeout() from None
-                except aiohttp.ClientError as exc:
-                    message = f"{self._model}: stream broken: {_describe(exc)}"
-                    raise UpstreamStreamBroken(message, model=self._model) from None
-                if not chunk:
-                    return
-                deadline.reschedule(None)
-                yield chunk
+        # asyncio.timeout raises TimeoutError only when its block exits (inside,
+        # the read sees CancelledError), so the translation wraps the block.
+        try:
+            async with asyncio.timeout(None) as deadline:
+                while True:
+                    deadline.reschedule(self._deadline())
+                    try:
+                        chunk = await content.readany()
+                    except aiohttp.ClientError as exc:
+                        message = f"{self._model}: stream broken: {_describe(exc)}"
+                        raise UpstreamStreamBroken(message, model=self._model) from None
+                    if not chunk:
+                        return
+                    deadline.reschedule(None)
+                    yield chunk
+        except TimeoutError:
+            raise self._timeout() from None
 
     def _timeout(self) -> UpstreamTimeout:
         loop_time = asyncio.get_running_loop().time()

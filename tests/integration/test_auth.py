@@ -67,7 +67,9 @@ async def test_unknown_key_is_401(client: TestClient[Any, Any]) -> None:
 @pytest.mark.parametrize("header", ["Authorization", "x-api-key"])
 async def test_known_key_is_served(client: TestClient[Any, Any], header: str) -> None:
     value = f"Bearer {KEY}" if header == "Authorization" else KEY
-    response = await client.post("/v1/chat/completions", json=chat("smart"), headers={header: value})
+    response = await client.post(
+        "/v1/chat/completions", json=chat("smart"), headers={header: value}
+    )
     assert response.status == 200
     assert response.headers["x-modelpool-model"] == "m1"
 

@@ -13,7 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from modelpool.config.interpolate import interpolate
+from modelpool.config.interpolate import Interpolation, interpolate
 from modelpool.config.schema import validate_schema
 from modelpool.config.secrets import Secret, SopsError, decrypt_sops_file
 from modelpool.config.semantic import check_semantics
@@ -43,6 +43,7 @@ from modelpool.config.units import parse_duration
 from modelpool.errors import ConfigError, ConfigIssue
 
 DEFAULT_STRATEGY = "round_robin"
+DEFAULT_CAPABILITIES = ("chat", "completions", "stream")
 
 
 def load_config(path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None) -> Config:
@@ -52,13 +53,17 @@ def load_config(path: str | os.PathLike[str], *, env: Mapping[str, str] | None =
     doc = parse_yaml(text, file)
     if not isinstance(doc.data, dict):
         raise ConfigError([ConfigIssue(file, 1, "", "the config must be a YAML mapping")])
-    issues = validate_schema(doc)
+    issues = validate_schema(doc, defer_references=True)
     if issues:
         raise ConfigError(issues)
     base = Path(path).resolve().parent
     secrets, sops_issues, sops_files = _decrypt_all(doc, base)
     result = interpolate(doc, os.environ if env is None else env, secrets)
-    issues = sops_issues + result.issues + check_semantics(doc, result.data)
+    late = validate_schema(replace(doc, data=result.data))  # the substituted values
+    issues = sops_issues + result.issues
+    issues += _reportable(late, result, secrets, {i.path for i in issues})
+    if not late:  # semantic checks rely on a schema-valid document
+        issues += check_semantics(doc, result.data)
     if issues:
         raise ConfigError(sorted(issues, key=lambda i: (i.file, i.line or 0)))
     digest = hashlib.sha256(text.encode())
@@ -66,18 +71,41 @@ def load_config(path: str | os.PathLike[str], *, env: Mapping[str, str] | None =
         digest.update(sops_file.read_bytes())
     files = (str(Path(path).resolve()), *(str(f) for f in sops_files))
     config = _assemble(result.data, file, digest.hexdigest(), base, files)
-    return replace(config, secrets=_secrets_of(config, result.data, result.secret_paths))
+    return replace(config, secrets=_secrets_of(config, result.data, result.secret_paths, secrets))
 
 
-def _secrets_of(config: Config, data: Any, paths: set[tuple[str | int, ...]]) -> tuple[Secret, ...]:
-    found = {Secret(str(_at(data, path))) for path in paths}
+def _reportable(
+    late: list[ConfigIssue], result: Interpolation, secrets: Mapping[str, str], failed: set[str]
+) -> list[ConfigIssue]:
+    """Schema issues in substituted values, secret values masked, unresolved ones skipped."""
+    values = {*secrets.values(), *(str(_at(result.data, p)) for p in result.secret_paths)}
+    masks = sorted((v for v in values if len(v) >= 4), key=len, reverse=True)
+    issues = []
+    for issue in late:
+        if issue.path in failed:
+            continue  # already reported: the reference itself could not be resolved
+        message = issue.message
+        for value in masks:
+            message = message.replace(value, "***")
+        issues.append(replace(issue, message=message))
+    return issues
+
+
+def _secrets_of(
+    config: Config, data: Any, paths: set[tuple[str | int, ...]], secrets: Mapping[str, str]
+) -> tuple[Secret, ...]:
+    texts = [str(_at(data, path)) for path in paths]
+    # The decrypted values in use, not the whole strings around them: the rest of
+    # `redis://:${secret:pw}@host` is plain config and stays readable when masked.
+    found = {Secret(value) for value in secrets.values() if any(value in t for t in texts)}
     for provider in config.providers.values():
         if provider.api_key is not None:
             found.add(provider.api_key)
         found.update(v for v in provider.headers.values() if isinstance(v, Secret))
     if config.server.admin_token is not None:
         found.add(config.server.admin_token)
-    return tuple(found)
+    # Longest first, so masking one value never leaves part of a longer one showing.
+    return tuple(sorted(found, key=lambda s: (-len(s.reveal()), s.reveal())))
 
 
 def _at(data: Any, path: tuple[str | int, ...]) -> Any:
@@ -145,7 +173,7 @@ def _model(name: str, raw: Mapping[str, Any], breakers: BreakerPolicy) -> ModelS
         name=name,
         provider=raw["provider"],
         upstream_model=raw.get("upstream_model", name),
-        capabilities=frozenset(raw.get("capabilities", ("chat", "stream"))),
+        capabilities=frozenset(raw.get("capabilities", DEFAULT_CAPABILITIES)),
         context_window=raw.get("context_window"),
         max_output_tokens=raw.get("max_output_tokens"),
         price=Price(**price) if price else None,
@@ -186,14 +214,14 @@ def _client(name: str, raw: Mapping[str, Any]) -> ClientSpec:
 
 
 def _usage(raw: Mapping[str, Any], base: Path) -> UsageSpec:
+    """``sqlite:///var/lib/x.db`` is the absolute path /var/lib/x.db (a URL's path);
+    a plain path is relative to the config file's folder. Stored as ``sqlite:///ABS``."""
     store = raw.get("store", "usage.db")
     if "://" not in store:
-        store = f"sqlite:///{(base / store).resolve()}"
-    elif store.startswith("sqlite:///") and not store.startswith("sqlite:////"):
-        relative = store.removeprefix("sqlite:///")
-        store = (
-            f"sqlite:///{(base / relative).resolve()}" if not relative.startswith("/") else store
-        )
+        store = f"sqlite://{(base / store).resolve()}"
+    elif store.startswith("sqlite://"):
+        path = "/" + store.removeprefix("sqlite://").lstrip("/")
+        store = f"sqlite://{Path(path).resolve()}"
     defaults = UsageSpec(store=store)
     return UsageSpec(
         store=store,

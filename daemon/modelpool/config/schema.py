@@ -33,14 +33,27 @@ def _validator() -> Draft202012Validator:
     return Draft202012Validator(schema)
 
 
-def validate_schema(doc: Document) -> list[ConfigIssue]:
-    """Every schema violation in ``doc``, in file order."""
+def validate_schema(doc: Document, *, defer_references: bool = False) -> list[ConfigIssue]:
+    """Every schema violation in ``doc``, in file order.
+
+    With ``defer_references``, a string holding ``${env:…}`` or ``${secret:…}`` is
+    not judged yet (except under ``secrets:``, which is read before substitution):
+    the loader validates again once the reference is substituted.
+    """
     issues: list[ConfigIssue] = []
     for error in _validator().iter_errors(doc.data):
+        if defer_references and _is_reference(error):
+            continue
         for path, message in _explain(error):
             issues.append(doc.issue(path, message))
     issues.sort(key=lambda i: (i.line or 0, i.path))
     return issues
+
+
+def _is_reference(error: ValidationError) -> bool:
+    value = error.instance
+    in_secrets = tuple(error.absolute_path)[:1] == ("secrets",)
+    return isinstance(value, str) and "${" in value and not in_secrets
 
 
 def _explain(error: ValidationError) -> Iterator[tuple[Path, str]]:
@@ -62,7 +75,9 @@ def _explain(error: ValidationError) -> Iterator[tuple[Path, str]]:
         yield path, f"expected {expected}, got {_type_of(error.instance)}"
     elif kind == "not" and isinstance(error.instance, dict) and "mock" in error.instance:
         yield (*path, "mock"), "`mock` settings apply only to providers of type: mock"
-    elif kind == "pattern" or (kind == "propertyNames"):
+    elif "propertyNames" in error.schema_path:  # a bad name: point at the key itself
+        yield (*path, str(error.instance)), f"invalid name {error.instance!r}: {_name_rule()}"
+    elif kind == "pattern":
         yield path, _described(error)
     else:
         yield path, error.message
@@ -114,8 +129,6 @@ def _one_of(error: ValidationError, path: Path) -> Iterator[tuple[Path, str]]:
 
 def _described(error: ValidationError) -> str:
     description = _schema_of(error).get("description")
-    if error.validator == "propertyNames":
-        return f"invalid name {error.instance!r}: {_name_rule()}"
     if description:
         return f"invalid value {error.instance!r}: {description}"
     return error.message

@@ -100,7 +100,7 @@ class ModelSpec:
     name: str
     provider: str
     upstream_model: str
-    capabilities: frozenset[str] = frozenset({"chat", "stream"})
+    capabilities: frozenset[str] = frozenset({"chat", "completions", "stream"})
     context_window: int | None = None
     max_output_tokens: int | None = None
     price: Price | None = None

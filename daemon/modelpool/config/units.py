@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from decimal import Decimal
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
@@ -41,7 +42,7 @@ def parse_size(value: str | int) -> int:
     match = _SIZE.match(str(value))
     if not match:
         raise ValueError(f"not a size: {value!r} (use e.g. 512KiB, 16MiB)")
-    return int(float(match[1]) * _SIZE_UNITS[match[2]])
+    return int(Decimal(match[1]) * _SIZE_UNITS[match[2]])  # exact: float gives 2.01KB = 2009
 
 
 def format_duration(seconds: float) -> str:
@@ -49,4 +50,5 @@ def format_duration(seconds: float) -> str:
     for unit, size in (("h", 3600.0), ("m", 60.0), ("s", 1.0)):
         if seconds >= size and (seconds / size).is_integer():
             return f"{int(seconds / size)}{unit}"
-    return f"{round(seconds * 1000, 3):g}ms"
+    millis = f"{round(seconds * 1000, 3):.3f}".rstrip("0").rstrip(".")  # never 1e+06ms
+    return f"{millis}ms"

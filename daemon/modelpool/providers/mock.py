@@ -9,11 +9,12 @@ tests can script failures. Replies echo the last user message (or a fixed
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import random
 import struct
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -140,8 +141,9 @@ class MockProvider:
         raw = call.body.get("input", "")
         inputs = raw if isinstance(raw, list) else [raw]
         dims = self.behaviour.embedding_dimensions
+        encode = _base64 if call.body.get("encoding_format") == "base64" else None
         data = [
-            {"object": "embedding", "index": i, "embedding": _vector(str(text), dims)}
+            {"object": "embedding", "index": i, "embedding": _vector(str(text), dims, encode)}
             for i, text in enumerate(inputs)
         ]
         tokens = sum(_words(str(text)) for text in inputs)
@@ -151,7 +153,9 @@ class MockProvider:
         )
 
 
-def _vector(text: str, dims: int) -> list[float]:
+def _vector(
+    text: str, dims: int, encode: Callable[[list[float]], str] | None = None
+) -> list[float] | str:
     """A deterministic unit-free vector in [-1, 1) derived from the text."""
     out: list[float] = []
     counter = 0
@@ -159,7 +163,13 @@ def _vector(text: str, dims: int) -> list[float]:
         digest = hashlib.sha256(f"{counter}:{text}".encode()).digest()
         out.extend(v / 2**31 for v in struct.unpack(">8i", digest))
         counter += 1
-    return [round(v, 6) for v in out[:dims]]
+    vector = [round(v, 6) for v in out[:dims]]
+    return encode(vector) if encode else vector
+
+
+def _base64(vector: list[float]) -> str:
+    """OpenAI's `encoding_format: base64`: little-endian float32s, base64-encoded."""
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
 
 
 def _complete(

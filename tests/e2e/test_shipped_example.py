@@ -1,0 +1,93 @@
+"""The daemon as a user runs it: the shipped example, and stopping it by signal.
+
+The first test runs examples/pools.yaml exactly as shipped, as the README's
+first command does. It is the one e2e test that depends on the machine: it
+needs nothing listening on Ollama's port 11434, as on a fresh machine or in
+CI. Everything else uses configs whose upstreams are closed ports or mocks.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import openai
+import pytest
+from e2e_daemon import EXAMPLE, DaemonFactory, finish
+
+pytestmark = pytest.mark.e2e
+
+
+def ollama_is_listening() -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(1)
+        return sock.connect_ex(("127.0.0.1", 11434)) == 0
+
+
+def refuses_connections(url: str, within: float) -> bool:
+    """Whether new connections to ``url`` get refused before ``within`` seconds pass."""
+    address = urlsplit(url)
+    assert address.hostname is not None
+    assert address.port is not None
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection((address.hostname, address.port), timeout=1).close()
+        except ConnectionRefusedError:
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_shipped_example_fails_over_to_mock_and_stops_on_sigint(
+    daemon_factory: DaemonFactory,
+) -> None:
+    daemon = daemon_factory(EXAMPLE)
+    with openai.OpenAI(base_url=daemon.v1, api_key="unused", max_retries=0, timeout=10) as sdk:
+        raw = sdk.chat.completions.with_raw_response.create(
+            model="default", messages=[{"role": "user", "content": "hello"}]
+        )
+        embedding = sdk.embeddings.create(model="embed", input="hello")
+
+    assert not ollama_is_listening(), "a real Ollama on 127.0.0.1:11434 hides the failover"
+    assert raw.headers["x-modelpool-pool"] == "default"
+    assert raw.headers["x-modelpool-model"] == "mock-small"
+    assert raw.headers["x-modelpool-attempts"] == "2"
+    assert raw.parse().choices[0].message.content == (
+        "This is a mock reply from mock-small. You said: hello"
+    )
+    assert len(embedding.data[0].embedding) == 8
+    assert daemon.log_lines()[0]["config"] == str(EXAMPLE)
+
+    finish(daemon, signal.SIGINT)
+
+
+def test_sigterm_stops_accepting_and_lets_an_in_flight_stream_finish(
+    tmp_path: Path, daemon_factory: DaemonFactory
+) -> None:
+    config = tmp_path / "slow.yaml"
+    config.write_text(
+        "version: 1\n"
+        "providers:\n  slow: {type: mock, mock: {chunk_delay: 100ms}}\n"
+        "models:\n  slow-model: {provider: slow}\n"
+        "pools:\n  slow: {members: [slow-model]}\n"
+    )
+    daemon = daemon_factory(config)
+    with openai.OpenAI(base_url=daemon.v1, api_key="unused", max_retries=0, timeout=10) as sdk:
+        stream = sdk.chat.completions.create(
+            model="slow", messages=[{"role": "user", "content": "drain"}], stream=True
+        )
+        chunks = iter(stream)
+        first = next(chunks)
+        daemon.send(signal.SIGTERM)
+        refused = refuses_connections(daemon.url, within=1.0)
+        rest = list(chunks)
+    text = "".join(c.choices[0].delta.content or "" for c in [first, *rest] if c.choices)
+
+    assert text == "This is a mock reply from slow-model. You said: drain"
+    assert rest[-1].choices[0].finish_reason == "stop"
+    assert refused, "the daemon kept accepting connections while draining"
+    finish(daemon)
