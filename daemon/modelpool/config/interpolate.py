@@ -23,8 +23,18 @@ class Interpolation:
     secret_paths: set[Path] = field(default_factory=set)
 
 
-def interpolate(doc: Document, env: Mapping[str, str], secrets: Mapping[str, str]) -> Interpolation:
-    """Substitute every reference in ``doc``; a missing one is an issue at its key."""
+def interpolate(
+    doc: Document,
+    env: Mapping[str, str],
+    secrets: Mapping[str, str],
+    *,
+    secrets_complete: bool = True,
+) -> Interpolation:
+    """Substitute every reference in ``doc``; a missing one is an issue at its key.
+
+    When a sops file failed to decrypt (``secrets_complete`` false), a missing
+    secret is a consequence already reported, not a problem of its own.
+    """
     result = Interpolation(data=None)
 
     def substitute(value: Any, path: Path) -> Any:
@@ -46,7 +56,8 @@ def interpolate(doc: Document, env: Mapping[str, str], secrets: Mapping[str, str
             result.secret_paths.add(path)
             if name in secrets:
                 return secrets[name]
-            result.issues.append(doc.issue(path, _unknown_secret(name, secrets)))
+            if secrets_complete:
+                result.issues.append(doc.issue(path, _unknown_secret(name, secrets)))
         else:
             message = f"unknown reference ${{{kind}:…}}: use ${{env:NAME}} or ${{secret:NAME}}"
             result.issues.append(doc.issue(path, message))

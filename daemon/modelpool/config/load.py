@@ -58,7 +58,8 @@ def load_config(path: str | os.PathLike[str], *, env: Mapping[str, str] | None =
         raise ConfigError(issues)
     base = Path(path).resolve().parent
     secrets, sops_issues, sops_files = _decrypt_all(doc, base)
-    result = interpolate(doc, os.environ if env is None else env, secrets)
+    environment = os.environ if env is None else env
+    result = interpolate(doc, environment, secrets, secrets_complete=not sops_issues)
     late = validate_schema(replace(doc, data=result.data))  # the substituted values
     issues = sops_issues + result.issues
     issues += _reportable(late, result, secrets, {i.path for i in issues})
