@@ -61,7 +61,9 @@ def type_of(schema: dict[str, Any], node: dict[str, Any]) -> str:
     return str(kind)
 
 
-def rows(schema: dict[str, Any], node: dict[str, Any], path: str) -> Iterator[tuple[str, str, str, bool]]:
+def rows(
+    schema: dict[str, Any], node: dict[str, Any], path: str
+) -> Iterator[tuple[str, str, str, bool]]:
     node = resolve(schema, node)
     required = set(node.get("required", ()))
     for key, child in node.get("properties", {}).items():
@@ -71,7 +73,9 @@ def rows(schema: dict[str, Any], node: dict[str, Any], path: str) -> Iterator[tu
         yield from _children(schema, resolved, child_path)
 
 
-def _children(schema: dict[str, Any], node: dict[str, Any], path: str) -> Iterator[tuple[str, str, str, bool]]:
+def _children(
+    schema: dict[str, Any], node: dict[str, Any], path: str
+) -> Iterator[tuple[str, str, str, bool]]:
     if "properties" in node:
         yield from rows(schema, node, path)
     extra = node.get("additionalProperties")

@@ -154,11 +154,8 @@ class FakeUpstream:
         assert replies, "script at least one reply"
         self._scripts[path] = list(replies)
 
-    def to(self, path: str) -> list[Received]:
-        return [r for r in self.requests if r.path == path]
-
-    async def wait_for_requests(self, count: int, timeout: float = 2.0) -> list[Received]:
-        async with asyncio.timeout(timeout), self._arrived:
+    async def wait_for_requests(self, count: int, within: float = 2.0) -> list[Received]:
+        async with asyncio.timeout(within), self._arrived:
             await self._arrived.wait_for(lambda: len(self.requests) >= count)
         return self.requests
 

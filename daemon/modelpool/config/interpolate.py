@@ -35,36 +35,49 @@ def interpolate(
     When a sops file failed to decrypt (``secrets_complete`` false), a missing
     secret is a consequence already reported, not a problem of its own.
     """
-    result = Interpolation(data=None)
+    substitution = _Substitution(doc, env, secrets, secrets_complete)
+    substitution.result.data = substitution.walk(doc.data, ())
+    return substitution.result
 
-    def substitute(value: Any, path: Path) -> Any:
+
+class _Substitution:
+    def __init__(
+        self, doc: Document, env: Mapping[str, str], secrets: Mapping[str, str], complete: bool
+    ) -> None:
+        self.doc = doc
+        self.env = env
+        self.secrets = secrets
+        self.complete = complete
+        self.result = Interpolation(data=None)
+
+    def walk(self, value: Any, path: Path) -> Any:
         if isinstance(value, dict):
-            return {k: substitute(v, (*path, k)) for k, v in value.items()}
+            return {k: self.walk(v, (*path, k)) for k, v in value.items()}
         if isinstance(value, list):
-            return [substitute(v, (*path, i)) for i, v in enumerate(value)]
+            return [self.walk(v, (*path, i)) for i, v in enumerate(value)]
         if isinstance(value, str) and "${" in value:
-            return _REFERENCE.sub(lambda m: resolve(m, path), value)
+            return _REFERENCE.sub(lambda m: self.resolve(m[1], m[2], path), value)
         return value
 
-    def resolve(match: re.Match[str], path: Path) -> str:
-        kind, name = match[1], match[2]
+    def resolve(self, kind: str, name: str, path: Path) -> str:
         if kind == "env":
-            if name in env:
-                return env[name]
-            result.issues.append(doc.issue(path, f"environment variable {name!r} is not set"))
+            if name in self.env:
+                return self.env[name]
+            self.report(path, f"environment variable {name!r} is not set")
         elif kind == "secret":
-            result.secret_paths.add(path)
-            if name in secrets:
-                return secrets[name]
-            if secrets_complete:
-                result.issues.append(doc.issue(path, _unknown_secret(name, secrets)))
+            self.result.secret_paths.add(path)
+            if name in self.secrets:
+                return self.secrets[name]
+            if self.complete:
+                self.report(path, _unknown_secret(name, self.secrets))
         else:
-            message = f"unknown reference ${{{kind}:…}}: use ${{env:NAME}} or ${{secret:NAME}}"
-            result.issues.append(doc.issue(path, message))
+            self.report(
+                path, f"unknown reference ${{{kind}:…}}: use ${{env:NAME}} or ${{secret:NAME}}"
+            )
         return ""
 
-    result.data = substitute(doc.data, ())
-    return result
+    def report(self, path: Path, message: str) -> None:
+        self.result.issues.append(self.doc.issue(path, message))
 
 
 def _unknown_secret(name: str, secrets: Mapping[str, str]) -> str:
