@@ -102,6 +102,8 @@ class Received:
     """Set when the client closed the connection before the reply was complete."""
     done: asyncio.Event = field(default_factory=asyncio.Event)
     """Set when the handler finished, however it ended."""
+    peer: Any = None
+    """The client's (host, port): one value across requests means one kept-alive connection."""
     sent_at: list[float] = field(default_factory=list)
     """``time.monotonic()`` right after each stream chunk was written."""
 
@@ -175,6 +177,7 @@ class FakeUpstream:
             headers=CIMultiDictProxy(CIMultiDict(request.headers)),
             raw=await request.read(),
             arrived_at=time.monotonic(),
+            peer=request.transport.get_extra_info("peername") if request.transport else None,
         )
         async with self._arrived:
             self.requests.append(received)
