@@ -128,6 +128,7 @@ async def _relay(
             await response.write(chunk)
     except UpstreamError as exc:
         # Bytes already went out: the status can't change, so say it in the stream.
+        served.broken = exc
         error = {
             "error": {"message": exc.message, "type": "api_error", "code": "upstream_stream_error"}
         }

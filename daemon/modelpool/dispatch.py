@@ -73,6 +73,8 @@ class Served:
     """The whole body (non-streaming) or the first chunk (streaming)."""
     rest: AsyncIterator[bytes] | None
     """The stream after ``body``; None when not streaming."""
+    broken: UpstreamError | None = None
+    """Set by the relay when the upstream broke the stream after it had started."""
 
 
 class Dispatcher:
@@ -129,17 +131,18 @@ class Dispatcher:
                     raise
                 failures.append(error)
                 continue
-            except BaseException:
-                state.finished(None, ok=False)
+            except BaseException:  # cancelled: the client went away; no verdict on the model
+                state.finished(None, ok=None)
                 raise
             served = Served(pool_name, member, attempt, response.content_type, head, rest)
-            ok = False
+            verdict: bool | None = None
             try:
                 yield served
-                ok = True
+                verdict = served.broken is None
             finally:
                 response.close()
-                state.finished(self._clock.now() - started, ok=ok)
+                latency = self._clock.now() - started if verdict else None
+                state.finished(latency, ok=verdict)
             return
         raise AllAttemptsFailed(failures)
 

@@ -38,9 +38,10 @@ class ModelState:
         self.in_flight += 1
         self.requests += 1
 
-    def finished(self, latency: float | None, *, ok: bool) -> None:
+    def finished(self, latency: float | None, *, ok: bool | None) -> None:
+        """A request ended: ``ok`` False counts an error; None (the client left) judges nothing."""
         self.in_flight = max(0, self.in_flight - 1)
-        if not ok:
+        if ok is False:
             self.errors += 1
         if latency is not None:
             previous = self.latency_ewma

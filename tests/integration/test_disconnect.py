@@ -8,6 +8,8 @@ import orjson
 from fake_upstream import CHAT, FakeUpstream, Reply
 from proxy_harness import Daemon, chat, hang_up, observed, raw_request
 
+from modelpool.app import REGISTRY
+
 STREAM_BODY = orjson.dumps(chat(stream=True))
 
 
@@ -41,6 +43,8 @@ async def test_disconnect_mid_stream_cancels_the_upstream_promptly(
     await observed(upstream.closed, within=1.0)
     assert len(upstream.sent_at) < 15, "the upstream kept streaming to nobody"
     await daemon.settled()
+    errors = sum(state.errors for state in daemon.app[REGISTRY].models())
+    assert errors == 0, "a client leaving is not the model's failure"
     await assert_still_serves(daemon)
 
 

@@ -24,6 +24,8 @@ from proxy_harness import (
     read_sse,
 )
 
+from modelpool.app import REGISTRY
+
 
 async def post_chat(daemon: Daemon, **extra: Any) -> tuple[int, dict[str, str], Any]:
     async with daemon.http.post("/v1/chat/completions", json=chat(**extra)) as response:
@@ -309,6 +311,7 @@ async def test_stream_broken_mid_way_ends_with_an_error_event(
     assert events[0].data == b'{"n":1}'
     assert orjson.loads(events[-1].data)["error"]["code"] == "upstream_stream_error"
     await daemon.settled()
+    assert [state.errors for state in daemon.app[REGISTRY].models()] == [1]
 
 
 async def test_provider_timeouts_are_per_provider(
