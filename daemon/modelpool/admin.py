@@ -5,22 +5,43 @@ from __future__ import annotations
 import hmac
 from typing import Any
 
+import prometheus_client
 from aiohttp import web
 
 from modelpool.config.semantic import is_loopback
+from modelpool.metrics import Metrics
+from modelpool.reload import Reloader
 from modelpool.table import TableHolder
 
 
 class AdminApi:
-    def __init__(self, holder: TableHolder) -> None:
+    def __init__(self, holder: TableHolder, reloader: Reloader, metrics: Metrics) -> None:
         self._holder = holder
+        self._reloader = reloader
+        self._metrics = metrics
 
     def routes(self) -> list[web.RouteDef]:
         return [
             web.get("/healthz", self.healthz),
             web.get("/readyz", self.readyz),
+            web.get("/metrics", self.metrics),
             web.get("/admin/status", self.status),
+            web.post("/admin/reload", self.reload),
         ]
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        body = prometheus_client.generate_latest(self._metrics.registry)
+        return web.Response(
+            body=body, headers={"Content-Type": prometheus_client.CONTENT_TYPE_LATEST}
+        )
+
+    async def reload(self, request: web.Request) -> web.Response:
+        """Reload now and answer with the outcome: the diff, or every error (422)."""
+        self._authorize(request)
+        outcome = await self._reloader.reload("admin")
+        return web.json_response(
+            outcome.as_json(), status=422 if outcome.result == "rejected" else 200
+        )
 
     async def healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
@@ -45,7 +66,16 @@ class AdminApi:
             for name, model in table.models.items()
         }
         return web.json_response(
-            {"generation": table.generation, "config": table.config.source, "models": models}
+            {
+                "generation": table.generation,
+                "config": {
+                    "path": table.config.source,
+                    "digest": table.config.digest,
+                    "loaded_at": self._reloader.loaded_at,
+                },
+                "last_reload": self._reloader.last.as_json(),
+                "models": models,
+            }
         )
 
     def _authorize(self, request: web.Request) -> None:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any
 
 from aiohttp import web
 
@@ -21,6 +22,8 @@ from modelpool.clock import Clock, SystemClock
 from modelpool.compile import compile_table
 from modelpool.config.spec import Config
 from modelpool.dispatch import Dispatcher
+from modelpool.metrics import Metrics
+from modelpool.reload import Reloader
 from modelpool.state import StateRegistry
 from modelpool.table import TableHolder
 from modelpool.upstream import Transports
@@ -31,26 +34,69 @@ HOLDER = web.AppKey("holder", TableHolder)
 REGISTRY = web.AppKey("registry", StateRegistry)
 TRANSPORTS = web.AppKey("transports", Transports)
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)
+METRICS = web.AppKey("metrics", Metrics)
+RELOADER = web.AppKey("reloader", Reloader)
+BACKGROUND = web.AppKey("background", set[asyncio.Task[object]])
 
 
-def build_app(config: Config, *, clock: Clock | None = None) -> web.Application:
-    """A ready-to-run application serving ``config`` as generation 1."""
+def build_app(
+    config: Config, *, clock: Clock | None = None, watch: bool = False
+) -> web.Application:
+    """A ready-to-run application serving ``config`` as generation 1.
+
+    ``watch`` starts the config file watcher (the daemon does; most tests don't).
+    """
     registry = StateRegistry()
     transports = Transports()
     holder = TableHolder(
         compile_table(config, generation=1, registry=registry, transports=transports)
     )
     dispatcher = Dispatcher(clock or SystemClock())
+    metrics = Metrics()
+    reloader = Reloader(config.source, holder, registry, transports, metrics)
 
     app = web.Application(middlewares=[error_middleware], handler_args={"max_field_size": 16384})
     app[HOLDER] = holder
     app[REGISTRY] = registry
     app[TRANSPORTS] = transports
     app[DISPATCHER] = dispatcher
+    app[METRICS] = metrics
+    app[RELOADER] = reloader
+    app[BACKGROUND] = set()
     app.add_routes(ProxyApi(holder, dispatcher).routes())
-    app.add_routes(AdminApi(holder).routes())
+    app.add_routes(AdminApi(holder, reloader, metrics).routes())
     app.cleanup_ctx.append(_close_transports)
+    if watch:
+        app.cleanup_ctx.append(_watch_files)
     return app
+
+
+def spawn(app: web.Application, coro: Coroutine[Any, Any, object]) -> None:
+    """Run ``coro`` in the background, holding a reference until it ends."""
+    task: asyncio.Task[object] = asyncio.create_task(coro)
+    app[BACKGROUND].add(task)
+    task.add_done_callback(app[BACKGROUND].discard)
+
+
+async def _watch_files(app: web.Application) -> AsyncIterator[None]:
+    stop = asyncio.Event()
+    task = asyncio.create_task(_keep_watching(app[RELOADER], stop))
+    yield
+    stop.set()
+    try:
+        await asyncio.wait_for(task, timeout=5)
+    except TimeoutError:
+        log.warning("file watcher did not stop in time")
+
+
+async def _keep_watching(reloader: Reloader, stop: asyncio.Event) -> None:
+    """The top of a background task: the watcher must outlive any one failure."""
+    while not stop.is_set():
+        try:
+            await reloader.watch(stop)
+        except Exception:  # top of a background task: log, back off, resume
+            log.exception("config file watcher failed; restarting it in 1s")
+            await asyncio.sleep(1)
 
 
 async def _close_transports(app: web.Application) -> AsyncIterator[None]:
@@ -60,7 +106,7 @@ async def _close_transports(app: web.Application) -> AsyncIterator[None]:
 
 async def serve(config: Config, host: str, port: int) -> int:
     """Serve until SIGTERM or SIGINT; return the process exit code."""
-    app = build_app(config)
+    app = build_app(config, watch=True)
     runner = web.AppRunner(
         app, handler_cancellation=True, access_log=None, shutdown_timeout=config.server.grace_period
     )
@@ -77,6 +123,7 @@ async def serve(config: Config, host: str, port: int) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: spawn(app, app[RELOADER].reload("sighup")))
     await stop.wait()
     log.info("stopping")
     await runner.cleanup()

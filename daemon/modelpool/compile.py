@@ -41,20 +41,25 @@ def compile_table(
     routes = dict(pools)
     for name, model in models.items():
         member = Member(model, 1.0, 0, model.provider.timeouts)
-        routes[name] = Pool(
-            name, None, (member,), round_robin, registry.pool(f"model:{name}"), (name,), 1
-        )
+        key = f"model:{name}"
+        routes[name] = Pool(name, None, (member,), round_robin, registry.pool(key), (name,), 1, key)
     authenticator = Authenticator(config.clients)
     return RoutingTable(
         generation, config, freeze(models), freeze(pools), freeze(routes), authenticator
     )
 
 
+def transport_key(spec: ProviderSpec) -> tuple[str, int] | None:
+    """Which shared connection pool a provider's requests use."""
+    return (api_root(spec), spec.max_connections) if spec.type in OPENAI_DIALECT else None
+
+
 def _adapter(spec: ProviderSpec, transports: Transports) -> Provider:
+    key = transport_key(spec)
     if spec.type == "mock":
         return MockProvider(spec)
-    if spec.type in OPENAI_DIALECT:
-        return OpenAIProvider(spec, transports.get(api_root(spec), spec.max_connections))
+    if key is not None:
+        return OpenAIProvider(spec, transports.get(*key))
     return UnsupportedProvider(spec)
 
 
@@ -62,7 +67,8 @@ def _model(
     spec: ModelSpec, provider: ProviderSpec, adapter: Provider, registry: StateRegistry
 ) -> Model:
     identity = identity_of(spec, provider)
-    return Model(spec.name, spec, provider, adapter, identity, registry.model(identity))
+    state = registry.model(identity)
+    return Model(spec.name, spec, provider, adapter, identity, state, transport_key(provider))
 
 
 def _pool(
@@ -86,6 +92,7 @@ def _pool(
         registry.pool(spec.name),
         chain,
         spec.retry.attempts,
+        spec.name,
     )
 
 

@@ -10,7 +10,7 @@ pointing the model at another endpoint or key starts it fresh.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 
@@ -25,7 +25,7 @@ class ModelIdentity:
 class ModelState:
     """What one model's runtime has learned. Mutated only on the event loop."""
 
-    __slots__ = ("errors", "identity", "in_flight", "latency_ewma", "requests")
+    __slots__ = ("errors", "identity", "in_flight", "latency_ewma", "on_idle", "requests")
 
     def __init__(self, identity: ModelIdentity) -> None:
         self.identity = identity
@@ -33,6 +33,8 @@ class ModelState:
         self.requests = 0
         self.errors = 0
         self.latency_ewma: float | None = None
+        self.on_idle: Callable[[ModelState], None] | None = None
+        """Set while the model is retired: called when its last request ends."""
 
     def started(self) -> None:
         self.in_flight += 1
@@ -43,6 +45,8 @@ class ModelState:
         self.in_flight = max(0, self.in_flight - 1)
         if ok is False:
             self.errors += 1
+        if self.in_flight == 0 and self.on_idle is not None:
+            self.on_idle(self)
         if latency is not None:
             previous = self.latency_ewma
             self.latency_ewma = latency if previous is None else 0.8 * previous + 0.2 * latency
@@ -64,7 +68,12 @@ class PoolState:
 
 
 class StateRegistry:
-    """Owns every ModelState and PoolState across reloads."""
+    """Owns every ModelState and PoolState across reloads.
+
+    After a reload, state that the new table no longer refers to is released
+    at once if idle, or *retired* and released when its last in-flight
+    request ends; a model that comes back before then keeps its state.
+    """
 
     def __init__(self) -> None:
         self._models: dict[ModelIdentity, ModelState] = {}
@@ -74,6 +83,7 @@ class StateRegistry:
         state = self._models.get(identity)
         if state is None:
             state = self._models[identity] = ModelState(identity)
+        state.on_idle = None  # live again, if it was retired
         return state
 
     def pool(self, name: str) -> PoolState:
@@ -85,13 +95,25 @@ class StateRegistry:
     def models(self) -> list[ModelState]:
         return list(self._models.values())
 
+    def pools(self) -> list[str]:
+        return list(self._pools)
+
     def reconcile(self, live_models: Iterable[ModelIdentity], live_pools: Iterable[str]) -> None:
-        """Forget state no table refers to any more, once nothing is in flight on it."""
+        """Release state no table refers to any more, now or when its last request ends."""
         keep = set(live_models)
         for identity, state in list(self._models.items()):
-            if identity not in keep and state.in_flight == 0:
+            if identity in keep:
+                continue
+            if state.in_flight == 0:
                 del self._models[identity]
+            else:
+                state.on_idle = self._release
         pools = set(live_pools)
         for name in list(self._pools):
             if name not in pools:
                 del self._pools[name]
+
+    def _release(self, state: ModelState) -> None:
+        if self._models.get(state.identity) is state:
+            del self._models[state.identity]
+        state.on_idle = None

@@ -29,6 +29,8 @@ class Model:
     adapter: Provider
     identity: ModelIdentity
     state: ModelState
+    transport_key: tuple[str, int] | None
+    """The shared connection pool this model's requests use (None: no HTTP, e.g. mock)."""
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -55,6 +57,8 @@ class Pool:
     """This pool, then its failover pools depth-first, each once."""
     attempts: int
     """Upstream tries per client request, across the whole chain."""
+    state_key: str
+    """Where this pool's runtime state lives in the StateRegistry."""
 
     def order(self, rng: random.Random) -> list[Member]:
         """Members in the order this request should try them."""

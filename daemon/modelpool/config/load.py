@@ -49,14 +49,16 @@ DEFAULT_CAPABILITIES = ("chat", "completions", "stream")
 def load_config(path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None) -> Config:
     """Load and fully validate ``path``; raise ConfigError listing every problem."""
     file = str(path)
-    text = _read(Path(path), file)
+    raw, text = _read(Path(path), file)
     doc = parse_yaml(text, file)
     if not isinstance(doc.data, dict):
         raise ConfigError([ConfigIssue(file, 1, "", "the config must be a YAML mapping")])
     issues = validate_schema(doc, defer_references=True)
     if issues:
         raise ConfigError(issues)
-    base = Path(path).resolve().parent
+    base = (
+        Path(path).absolute().parent
+    )  # not resolved: a symlinked config's folder is where it appears
     secrets, sops_issues, sops_files = _decrypt_all(doc, base)
     environment = os.environ if env is None else env
     result = interpolate(doc, environment, secrets, secrets_complete=not sops_issues)
@@ -67,10 +69,10 @@ def load_config(path: str | os.PathLike[str], *, env: Mapping[str, str] | None =
         issues += check_semantics(doc, result.data)
     if issues:
         raise ConfigError(sorted(issues, key=lambda i: (i.file, i.line or 0)))
-    digest = hashlib.sha256(text.encode())
-    for sops_file in sops_files:
-        digest.update(sops_file.read_bytes())
-    files = (str(Path(path).resolve()), *(str(f) for f in sops_files))
+    digest = hashlib.sha256(raw)
+    for sops_bytes in sops_files.values():
+        digest.update(sops_bytes)
+    files = (str(Path(path).absolute()), *(str(f) for f in sops_files))
     config = _assemble(result.data, file, digest.hexdigest(), base, files)
     return replace(config, secrets=_secrets_of(config, result.data, result.secret_paths, secrets))
 
@@ -115,26 +117,41 @@ def _at(data: Any, path: tuple[str | int, ...]) -> Any:
     return data
 
 
-def _read(path: Path, file: str) -> str:
+def _read(path: Path, file: str) -> tuple[bytes, str]:
     try:
-        return path.read_text("utf-8")
+        raw = path.read_bytes()
+        return raw, raw.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise ConfigError([ConfigIssue(file, None, "", f"cannot read config: {reason}")]) from None
 
 
-def _decrypt_all(doc: Document, base: Path) -> tuple[dict[str, str], list[ConfigIssue], list[Path]]:
+def _decrypt_all(
+    doc: Document, base: Path
+) -> tuple[dict[str, str], list[ConfigIssue], dict[Path, bytes]]:
+    """Secrets from every sops file, and each file's bytes *as read before decrypting*,
+    so a file that changes meanwhile hashes differently and is reloaded again."""
     section = doc.data.get("secrets", {})
     binary = section.get("sops_binary", "sops")
     timeout = parse_duration(section.get("timeout", "10s"))
     secrets: dict[str, str] = {}
     issues: list[ConfigIssue] = []
-    files: list[Path] = []
+    files: dict[Path, bytes] = {}
     for i, name in enumerate(section.get("sops_files", [])):
-        file = (base / name).resolve()
+        file = (base / name).absolute()
         try:
+            content = file.read_bytes()
             secrets.update(decrypt_sops_file(file, binary=binary, timeout=timeout))
-            files.append(file)
+            files[file] = content
+        except OSError as exc:
+            reason = (
+                "does not exist"
+                if isinstance(exc, FileNotFoundError)
+                else f"cannot be read: {exc.strerror}"
+            )
+            issues.append(
+                doc.issue(("secrets", "sops_files", i), f"sops file {str(file)!r} {reason}")
+            )
         except SopsError as exc:
             issues.append(doc.issue(("secrets", "sops_files", i), str(exc)))
     return secrets, issues, files
