@@ -84,7 +84,17 @@ class HttpTransport:
     def __init__(self, max_connections: int) -> None:
         self.max_connections = max_connections
         self.active = 0
+        """Attempts between ``post`` and the response's ``close``."""
+        self.retired = False
+        """No table refers to this pool any more: close it once ``active`` reaches 0."""
         self._session: aiohttp.ClientSession | None = None
+        self._closing: asyncio.Task[None] | None = None
+
+    def done(self) -> None:
+        """One attempt finished with this transport."""
+        self.active -= 1
+        if self.active == 0 and self.retired and self._session is not None:
+            self._closing = asyncio.get_running_loop().create_task(self.aclose())
 
     def _ensure_session(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -122,20 +132,20 @@ class HttpTransport:
                 if response.status >= 400:
                     raise await _status_error(response, model)
         except aiohttp.ConnectionTimeoutError:
-            self.active -= 1
+            self.done()
             raise UpstreamConnectError(
                 f"{model}: connect timeout after {timeouts.connect:g}s", model=model
             ) from None
         except TimeoutError:
-            self.active -= 1
+            self.done()
             limit = timeouts.total if attempt.phase == "total" else timeouts.first_byte
             message = f"{model}: no response within {limit:g}s ({attempt.phase})"
             raise UpstreamTimeout(message, phase=attempt.phase, model=model) from None
         except aiohttp.ClientError as exc:
-            self.active -= 1
+            self.done()
             raise UpstreamConnectError(f"{model}: {_describe(exc)}", model=model) from None
         except BaseException:
-            self.active -= 1
+            self.done()
             raise
         return HttpResponse(self, response, timeouts.idle, attempt.total_at, model)
 
@@ -222,7 +232,7 @@ class HttpResponse:
         total_at: float,
         model: str,
     ) -> None:
-        self._transport = transport
+        self._transport: HttpTransport | None = transport
         self._response = response
         self._idle = idle
         self._total_at = total_at
@@ -272,8 +282,8 @@ class HttpResponse:
 
     def close(self) -> None:
         if self._transport is not None:
-            self._transport.active -= 1
-            self._transport = None  # type: ignore[assignment]
+            self._transport.done()
+            self._transport = None
         self._response.close() if not self._response.content.is_eof() else self._response.release()
 
 
@@ -291,11 +301,18 @@ class Transports:
         return transport
 
     async def reconcile(self, live: Iterable[tuple[str, int]]) -> None:
+        """Retire pools no table uses: closed now if idle, else when their last attempt ends.
+
+        A request still running on an old table may start another attempt on a
+        retired pool; it gets a connection, and the pool closes again after it.
+        """
         keep = set(live)
         for key, transport in list(self._pools.items()):
-            if key not in keep and transport.active == 0:
+            if key not in keep:
                 del self._pools[key]
-                await transport.aclose()
+                transport.retired = True
+                if transport.active == 0:
+                    await transport.aclose()
 
     async def aclose(self) -> None:
         for transport in self._pools.values():

@@ -1,0 +1,40 @@
+"""Connection pools outlive reloads while used, and close once no table or request needs them."""
+
+from __future__ import annotations
+
+import asyncio
+
+from modelpool.upstream import Transports
+
+
+async def test_same_endpoint_shares_one_pool_across_reloads() -> None:
+    transports = Transports()
+    first = transports.get("http://127.0.0.1:9/v1", 8)
+    await transports.reconcile([("http://127.0.0.1:9/v1", 8)])
+    assert transports.get("http://127.0.0.1:9/v1", 8) is first
+    await transports.aclose()
+
+
+async def test_unused_idle_pool_is_closed_at_once() -> None:
+    transports = Transports()
+    pool = transports.get("http://127.0.0.1:9/v1", 8)
+    pool._ensure_session()
+    await transports.reconcile([])
+    assert pool.retired and pool._session is None
+    assert transports.get("http://127.0.0.1:9/v1", 8) is not pool
+
+
+async def test_unused_busy_pool_closes_when_its_last_attempt_ends() -> None:
+    transports = Transports()
+    pool = transports.get("http://127.0.0.1:9/v1", 8)
+    session = pool._ensure_session()
+    pool.active = 2  # two attempts from requests that started on the old table
+    await transports.reconcile([])
+    assert not session.closed
+    pool.done()
+    await asyncio.sleep(0)
+    assert not session.closed
+    pool.done()
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert session.closed and pool._session is None
