@@ -5,10 +5,12 @@ from __future__ import annotations
 import hmac
 from typing import Any
 
+import orjson
 import prometheus_client
 from aiohttp import web
 
 from modelpool.config.semantic import is_loopback
+from modelpool.describe import config_json
 from modelpool.metrics import Metrics
 from modelpool.reload import Reloader
 from modelpool.table import TableHolder
@@ -27,6 +29,7 @@ class AdminApi:
             web.get("/metrics", self.metrics),
             web.get("/admin/status", self.status),
             web.post("/admin/reload", self.reload),
+            web.get("/admin/config", self.config),
         ]
 
     async def metrics(self, request: web.Request) -> web.Response:
@@ -34,6 +37,13 @@ class AdminApi:
         return web.Response(
             body=body, headers={"Content-Type": prometheus_client.CONTENT_TYPE_LATEST}
         )
+
+    async def config(self, request: web.Request) -> web.Response:
+        """The configuration being served, as validated, with every secret masked."""
+        self._authorize(request)
+        table = self._holder.current
+        body = {"generation": table.generation, "config": config_json(table.config)}
+        return web.json_response(body, dumps=lambda v: orjson.dumps(v).decode())
 
     async def reload(self, request: web.Request) -> web.Response:
         """Reload now and answer with the outcome: the diff, or every error (422)."""

@@ -8,9 +8,12 @@ string is masked too.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import dataclasses
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 from modelpool.compile import failover_chain
+from modelpool.config.secrets import Secret
 from modelpool.config.spec import Config, Limits, ModelSpec, PoolSpec, ProviderSpec, Timeouts
 from modelpool.config.units import format_duration
 
@@ -28,6 +31,30 @@ def describe(config: Config) -> str:
             pools = ", ".join(sorted(client.pools)) if client.pools is not None else "all"
             lines.append(f"  {client.name}: pools {pools}; limits {_limits(client.limits)}")
     return redact("\n".join(lines), config)
+
+
+def config_json(config: Config) -> Any:
+    """The whole validated config as JSON-ready data, secrets masked (for /admin/config)."""
+    masks = [secret.reveal() for secret in config.secrets if len(secret.reveal()) >= 4]
+
+    def walk(value: Any) -> Any:
+        if isinstance(value, Secret):
+            return "***"
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            fields = (f.name for f in dataclasses.fields(value) if f.name not in ("secrets",))
+            return {name: walk(getattr(value, name)) for name in fields}
+        if isinstance(value, Mapping):
+            return {str(k): walk(v) for k, v in value.items()}
+        if isinstance(value, frozenset):
+            return sorted(walk(v) for v in value)
+        if isinstance(value, list | tuple):
+            return [walk(v) for v in value]
+        if isinstance(value, str):
+            for mask in masks:
+                value = value.replace(mask, "***")
+        return value
+
+    return walk(config)
 
 
 def redact(text: str, config: Config) -> str:
