@@ -192,7 +192,9 @@ class Reloader:
         files = self._holder.current.config.files
         return tuple(Path(f) for f in files) if files else (Path(self.path),)
 
-    async def watch(self, stop: asyncio.Event, *, step_ms: int = 50, settle: float = 0.05) -> None:
+    async def watch(
+        self, stop: asyncio.Event, *, step_ms: int = 50, settle: float = 0.05, idle: float = 1.0
+    ) -> None:
         """Reload whenever the bytes of a watched file change, however they were written.
 
         The *directories* holding the files are watched, not the files, so
@@ -200,23 +202,35 @@ class Reloader:
         ``..data`` symlink swaps are all seen. Any event there makes us hash
         the files' contents; only a real change triggers a reload, once the
         bytes have stopped changing for ``settle`` seconds.
+
+        Every ``idle`` seconds without an event the bytes are compared anyway:
+        an edit that sent no event — made after the daemon read its config but
+        before these watches existed, or between two sets of watches, or lost
+        by the kernel — is still applied, within about ``idle`` seconds.
         """
         while not stop.is_set():
             files = self.current_files()
             dirs = sorted(_folders(files))
-            async for _ in watchfiles.awatch(
+            async for changes in watchfiles.awatch(
                 *dirs,
                 watch_filter=functools.partial(_relevant, names=frozenset(f.name for f in files)),
                 stop_event=stop,
                 step=step_ms,
                 recursive=False,
                 debounce=1000,
+                rust_timeout=round(idle * 1000),
+                yield_on_timeout=True,  # an empty set: `idle` seconds without an event
                 ignore_permission_denied=True,
             ):
-                if await self._settled_change(settle):
+                if (changes or self._untried()) and await self._settled_change(settle):
                     await self.reload("watch")
                 if self.current_files() != files:
                     break  # the set of referenced files changed: watch the new set
+
+    def _untried(self) -> bool:
+        """Whether the files hold bytes that are neither serving nor already tried (cheap)."""
+        digest = _digest(self.current_files())
+        return bool(digest) and digest not in (self._holder.current.config.digest, self._tried)
 
     async def _settled_change(self, settle: float) -> bool:
         """Whether the files now hold bytes we have not tried yet, once they stopped changing."""

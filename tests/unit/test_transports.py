@@ -20,7 +20,8 @@ async def test_unused_idle_pool_is_closed_at_once() -> None:
     pool = transports.get("http://127.0.0.1:9/v1", 8)
     pool._ensure_session()
     await transports.reconcile([])
-    assert pool.retired and pool._session is None
+    assert pool.retired
+    assert pool._session is None
     assert transports.get("http://127.0.0.1:9/v1", 8) is not pool
 
 
@@ -37,4 +38,5 @@ async def test_unused_busy_pool_closes_when_its_last_attempt_ends() -> None:
     pool.done()
     for _ in range(10):
         await asyncio.sleep(0)
-    assert session.closed and pool._session is None
+    assert session.closed
+    assert pool._session is None

@@ -21,6 +21,8 @@ class Interpolation:
     data: Any
     issues: list[ConfigIssue] = field(default_factory=list)
     secret_paths: set[Path] = field(default_factory=set)
+    referencing: set[Path] = field(default_factory=set)
+    """Every value that held a ``${…}``: what the schema must judge again."""
 
 
 def interpolate(
@@ -56,6 +58,7 @@ class _Substitution:
         if isinstance(value, list):
             return [self.walk(v, (*path, i)) for i, v in enumerate(value)]
         if isinstance(value, str) and "${" in value:
+            self.result.referencing.add(path)
             return _REFERENCE.sub(lambda m: self.resolve(m[1], m[2], path), value)
         return value
 
