@@ -107,6 +107,7 @@ class ProxyApi:
                 "x-modelpool-pool": served.pool,
                 "x-modelpool-model": served.member.model.name,
                 "x-modelpool-attempts": str(served.attempts),
+                "x-modelpool-failovers": str(served.failovers),
             }
             if served.rest is None:
                 return web.Response(

@@ -17,6 +17,7 @@ from aiohttp import web
 
 from modelpool.errors import (
     AllAttemptsFailed,
+    AllDown,
     ModelpoolError,
     NoCapacity,
     RequestError,
@@ -72,6 +73,11 @@ def render(exc: ModelpoolError) -> web.Response:
         return error_response(exc.status, exc.message, code=exc.code, param=exc.param)
     if isinstance(exc, AllAttemptsFailed):
         headers = {"x-modelpool-attempts": str(len(exc.attempts))}
+        return error_response(
+            exc.status, exc.message, code=exc.code, retry_after=exc.retry_after, headers=headers
+        )
+    if isinstance(exc, AllDown):
+        headers = {"x-modelpool-attempts": str(exc.attempts)}
         return error_response(
             exc.status, exc.message, code=exc.code, retry_after=exc.retry_after, headers=headers
         )

@@ -46,13 +46,17 @@ def build_app(
 
     ``watch`` starts the config file watcher (the daemon does; most tests don't).
     """
-    registry = StateRegistry()
+    clock = clock or SystemClock()
+    registry = StateRegistry(clock)
     transports = Transports()
     holder = TableHolder(
         compile_table(config, generation=1, registry=registry, transports=transports)
     )
-    dispatcher = Dispatcher(clock or SystemClock())
     metrics = Metrics()
+    dispatcher = Dispatcher(clock, metrics=metrics)
+    metrics.watch_breakers(
+        lambda: ((name, model.state.breaker) for name, model in holder.current.models.items())
+    )
     reloader = Reloader(config.source, holder, registry, transports, metrics)
 
     app = web.Application(middlewares=[error_middleware], handler_args={"max_field_size": 16384})

@@ -36,7 +36,35 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("config")
     commands.add_parser("keygen", help="print a new client key and its sha256 for `clients:`")
     commands.add_parser("schema", help="print the config's JSON Schema")
+    _fake_upstream_parser(commands)
     return parser
+
+
+def _fake_upstream_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    fake = commands.add_parser(
+        "fake-upstream",
+        help="run a fault-injecting fake OpenAI upstream for tests and drills",
+        description="A fake OpenAI upstream that fails as scripted (see `pydoc modelpool.fakeup`).",
+    )
+    fake.add_argument(
+        "--listen", default="127.0.0.1:9100", help="HOST:PORT (default 127.0.0.1:9100; 0 = any)"
+    )
+    source = fake.add_mutually_exclusive_group()
+    source.add_argument("--script", help="a YAML or JSON fault script")
+    source.add_argument(
+        "--fault",
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help="a step such as status=503*2, status=429,retry_after=2, latency=2s, reset, hang, "
+        "drip=200ms,ping=50ms, truncate=3, stall=2, error_in_stream, invalid_json, ok "
+        "(repeat for a sequence)",
+    )
+    fake.add_argument("--loop", action="store_true", help="start the script over after its end")
+    fake.add_argument(
+        "--model", action="append", default=[], help="a model id for GET /v1/models (repeatable)"
+    )
+    fake.add_argument("--log-format", choices=["json", "text"], default="json")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -48,6 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _keygen()
     if args.command == "check":
         return _check(args.config)
+    if args.command == "fake-upstream":
+        return _fake_upstream(args)
     return _run(
         args.config or os.environ.get("MODELPOOL_CONFIG", DEFAULT_CONFIG),
         args.listen,
@@ -96,6 +126,20 @@ def _run(path: str, listen: str | None, log_format: str | None) -> int:
         return 1
     setup_logging(log_format or config.server.log_format, config.server.log_level)
     return _event_loop_run(serve(config, host, port))
+
+
+def _fake_upstream(args: argparse.Namespace) -> int:
+    from modelpool.fakeup import script_from_args, serve
+    from modelpool.logs import setup_logging
+
+    try:
+        script = script_from_args(args.script, args.fault, loop=args.loop)
+        host, port = parse_listen(args.listen)
+    except ValueError as exc:
+        print(f"fake-upstream: {exc}", file=sys.stderr)
+        return 1
+    setup_logging(args.log_format, "info")
+    return _event_loop_run(serve(script, host, port, args.model))
 
 
 def _event_loop_run(coro: object) -> int:

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 
 from modelpool.auth import Authenticator
 from modelpool.balance import round_robin, strategy_for
-from modelpool.config.spec import Config, ModelSpec, PoolSpec, ProviderSpec
+from modelpool.config.spec import Config, ModelSpec, PoolSpec, ProviderSpec, RetryPolicy
 from modelpool.config.spec import frozen as freeze
 from modelpool.errors import UpstreamConnectError
 from modelpool.providers.base import Call, Provider, UpstreamResponse
@@ -19,6 +19,9 @@ from modelpool.providers.openai import OpenAIProvider, api_root
 from modelpool.state import ModelIdentity, StateRegistry
 from modelpool.table import Member, Model, Pool, RoutingTable
 from modelpool.upstream import Transports
+
+DIRECT = RetryPolicy()
+"""A model named directly: the default retry policy (same model, backoff between tries)."""
 
 OPENAI_DIALECT = frozenset({"openai", "openai_compatible", "ollama", "azure_openai"})
 
@@ -42,7 +45,8 @@ def compile_table(
     for name, model in models.items():
         member = Member(model, 1.0, 0, model.provider.timeouts)
         key = f"model:{name}"
-        routes[name] = Pool(name, None, (member,), round_robin, registry.pool(key), (name,), 1, key)
+        pool_state = registry.pool(key)
+        routes[name] = Pool(name, None, (member,), round_robin, pool_state, (name,), DIRECT, key)
     authenticator = Authenticator(config.clients)
     return RoutingTable(
         generation, config, freeze(models), freeze(pools), freeze(routes), authenticator
@@ -91,7 +95,7 @@ def _pool(
         strategy_for(spec.strategy),
         registry.pool(spec.name),
         chain,
-        spec.retry.attempts,
+        spec.retry,
         spec.name,
     )
 

@@ -1,50 +1,53 @@
 """The orchestrator: one request → the members of its pool and failover chain.
 
-Everything around it is a pure mechanism (strategies, providers, transport);
-this is the only place that decides whether a failure is worth another
-attempt, and the only place that walks the chain. A failure is retried on
-the next member only while nothing has been sent to the client: for a
-non-streaming call the body is read inside the attempt, and for a stream the
-first chunk is, so an upstream that dies before its first byte fails over.
+Everything around it is a pure mechanism (strategies, breakers, retry policy,
+providers, transport); this is the only place that walks the chain, and it
+asks ``retry.judge`` what a failure means. A failure is retried only while
+nothing has been sent to the client: a non-streaming body is read (and
+checked to be JSON) inside the attempt, and so is a stream's first event,
+so an upstream that dies — or answers 200 with an error event — before any
+content fails over cleanly.
+
+Rounds: the first round tries each capable member once, in the strategy's
+order, skipping those whose breaker is open. Later rounds (while the
+attempts cap and the retry budget allow) try them again after a jittered
+backoff. When no member can be tried at all, the request fails at once with
+503 and a Retry-After naming the earliest reopening — unless every member is
+only cooling after a short upstream Retry-After, which is waited out.
 """
 
 from __future__ import annotations
 
+import asyncio
 import random
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
+
+import orjson
 
 from modelpool.clock import Clock
 from modelpool.errors import (
     AllAttemptsFailed,
+    AllDown,
     BadRequest,
     RouteNotFound,
-    UpstreamConnectError,
     UpstreamError,
     UpstreamStatusError,
     UpstreamStreamBroken,
-    UpstreamTimeout,
 )
+from modelpool.metrics import Metrics
 from modelpool.providers.base import Call, UpstreamResponse
+from modelpool.retry import backoff, judge
+from modelpool.sse import MAX_HEAD, error_in, first_event
 from modelpool.table import Member, Pool, RoutingTable
-
-RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 529})
-
 
 _NEEDS = {
     (endpoint, stream): frozenset({endpoint, "stream"} if stream else {endpoint})
     for endpoint in ("chat", "completions", "embeddings")
     for stream in (False, True)
 }
-
-
-def is_retryable(error: UpstreamError) -> bool:
-    """Worth trying another member? Request-scoped statuses (400, 401, 413, 422…) are not."""
-    if isinstance(error, UpstreamStatusError):
-        return error.status in RETRYABLE_STATUS or error.status >= 500
-    return isinstance(error, UpstreamConnectError | UpstreamTimeout | UpstreamStreamBroken)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,19 +71,45 @@ class Served:
     pool: str
     member: Member
     attempts: int
+    failovers: int
     content_type: str
     body: bytes
-    """The whole body (non-streaming) or the first chunk (streaming)."""
+    """The whole body (non-streaming) or the stream's head up to its first event."""
     rest: AsyncIterator[bytes] | None
     """The stream after ``body``; None when not streaming."""
     broken: UpstreamError | None = None
     """Set by the relay when the upstream broke the stream after it had started."""
 
 
+@dataclass(slots=True)
+class _Progress:
+    """One request's walk: what was tried and how it failed."""
+
+    attempts: int = 0
+    failovers: int = 0
+    last_model: str = ""
+    failures: list[UpstreamError] = field(default_factory=list)
+
+    def count(self, model: str) -> None:
+        self.attempts += 1
+        if self.last_model and model != self.last_model:
+            self.failovers += 1
+        self.last_model = model
+
+
 class Dispatcher:
-    def __init__(self, clock: Clock, rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        clock: Clock,
+        rng: random.Random | None = None,
+        *,
+        metrics: Metrics | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
         self._clock = clock
         self._rng = rng or random.Random()
+        self._metrics = metrics or Metrics()
+        self._sleep = sleep
 
     def resolve(self, table: RoutingTable, name: str) -> Pool:
         route = table.routes.get(name)
@@ -92,21 +121,21 @@ class Dispatcher:
     def candidates(
         self, table: RoutingTable, route: Pool, needs: frozenset[str]
     ) -> Iterator[tuple[str, Member]]:
-        """Members to try, in order: the pool's own, then each failover pool's.
+        """One round of members, in order: the pool's own, then each failover pool's.
 
-        Each model is tried once, and only models with every capability in
+        Each model appears once, and only models with every capability in
         ``needs``; when no member anywhere in the chain has them, that is the
         client's mistake (400), not an outage.
         """
-        tried: set[str] = set()
+        seen: set[str] = set()
         for pool_name in route.chain:
             pool = table.routes[pool_name]
             for member in pool.order(self._rng):
                 model = member.model
-                if model.name not in tried and needs <= model.spec.capabilities:
-                    tried.add(model.name)
+                if model.name not in seen and needs <= model.spec.capabilities:
+                    seen.add(model.name)
                     yield pool_name, member
-        if not tried:
+        if not seen:
             wanted = ", ".join(sorted(needs))
             message = f"no model in {route.name!r} or its failover pools supports {wanted}"
             raise BadRequest(message, param="model")
@@ -115,36 +144,109 @@ class Dispatcher:
     async def serve(self, table: RoutingTable, request: ProxyRequest) -> AsyncIterator[Served]:
         """Yield the first successful attempt; raise the reason when none succeeds."""
         route = self.resolve(table, request.route)
-        failures: list[UpstreamError] = []
-        needs = request.capabilities
-        for attempt, (pool_name, member) in enumerate(self.candidates(table, route, needs), 1):
-            if attempt > route.attempts:
+        policy = route.retry
+        route.state.budget.deposit(policy)
+        progress = _Progress()
+        round_ = 0
+        while progress.attempts < route.attempts:
+            tried_any = False
+            for pool_name, member in self.candidates(table, route, request.capabilities):
+                if progress.attempts >= route.attempts:
+                    break
+                if not await self._admit(route, member, progress, round_):
+                    continue
+                tried_any = True
+                attempt = await self._try(route, member, request, progress)
+                if attempt is None:
+                    continue
+                async with self._settle(member, attempt[0]) as outcome:
+                    served = Served(
+                        pool_name,
+                        member,
+                        progress.attempts,
+                        progress.failovers,
+                        attempt[0].content_type,
+                        attempt[1],
+                        attempt[2],
+                    )
+                    yield served
+                    outcome.append(served)
+                return
+            if not tried_any and not await self._wait_for_cooling(table, route, request, progress):
                 break
-            state = member.model.state
-            state.started()
-            started = self._clock.now()
-            try:
-                response, head, rest = await self._attempt(member, request)
-            except UpstreamError as error:
-                state.finished(None, ok=False)
-                if not is_retryable(error):
-                    raise
-                failures.append(error)
-                continue
-            except BaseException:  # cancelled: the client went away; no verdict on the model
-                state.finished(None, ok=None)
+            round_ += 1 if tried_any else 0
+        raise self._exhausted(table, route, request, progress)
+
+    # ------------------------------------------------------------------ one attempt
+
+    async def _admit(self, route: Pool, member: Member, progress: _Progress, round_: int) -> bool:
+        """Whether to try ``member`` now: breaker, retry budget, backoff."""
+        breaker = member.model.state.breaker
+        if not breaker.available():
+            return False
+        policy = route.retry
+        if progress.attempts and not route.state.budget.withdraw(policy):
+            return False
+        if round_:
+            await self._sleep(backoff(policy, round_, self._rng))
+        return breaker.allow()
+
+    async def _try(
+        self, route: Pool, member: Member, request: ProxyRequest, progress: _Progress
+    ) -> tuple[UpstreamResponse, bytes, AsyncIterator[bytes] | None] | None:
+        """One attempt; None when it failed in a way worth another one."""
+        model = member.model
+        state = model.state
+        if progress.attempts:
+            self._metrics.retries.labels(pool=route.name).inc()
+        before = progress.failovers
+        progress.count(model.name)
+        if progress.failovers > before:
+            self._metrics.failovers.labels(pool=route.name).inc()
+        state.started()
+        try:
+            return await self._attempt(member, request)
+        except UpstreamError as error:
+            verdict = judge(error)
+            self._metrics.upstream_errors.labels(model=model.name, kind=verdict.kind).inc()
+            if verdict.blame_model:
+                state.breaker.failed(
+                    model.spec.breaker, error.message, retry_after=verdict.cool_for
+                )
+            else:
+                state.breaker.succeeded(model.spec.breaker)
+            state.finished(None, ok=False if verdict.blame_model else None)
+            if not verdict.retry:
                 raise
-            served = Served(pool_name, member, attempt, response.content_type, head, rest)
-            verdict: bool | None = None
-            try:
-                yield served
-                verdict = served.broken is None
-            finally:
-                response.close()
-                latency = self._clock.now() - started if verdict else None
-                state.finished(latency, ok=verdict)
-            return
-        raise AllAttemptsFailed(failures)
+            progress.failures.append(error)
+            return None
+        except BaseException:  # cancelled: the client went away; no verdict on the model
+            state.breaker.abandoned()
+            state.finished(None, ok=None)
+            raise
+
+    @asynccontextmanager
+    async def _settle(
+        self, member: Member, response: UpstreamResponse
+    ) -> AsyncIterator[list[Served]]:
+        """Record how a served attempt ended once the relay is done with it."""
+        model = member.model
+        state = model.state
+        state.breaker.succeeded(model.spec.breaker)
+        started = self._clock.now()
+        outcome: list[Served] = []
+        try:
+            yield outcome
+        finally:
+            response.close()
+            served = outcome[0] if outcome else None
+            verdict = None if served is None else served.broken is None
+            if served is not None and served.broken is not None:
+                broken = served.broken
+                kind = judge(broken).kind
+                self._metrics.upstream_errors.labels(model=model.name, kind=kind).inc()
+                state.breaker.failed(model.spec.breaker, broken.message)
+            state.finished(self._clock.now() - started if verdict else None, ok=verdict)
 
     async def _attempt(
         self, member: Member, request: ProxyRequest
@@ -155,14 +257,94 @@ class Dispatcher:
         response = await model.adapter.send(call)
         try:
             if not request.stream:
-                return response, await response.read(), None
+                return response, _json_body(await response.read(), model.name), None
             rest = aiter(response.chunks())
-            first = await anext(rest, b"")
-            if not first:
-                raise UpstreamStreamBroken(
-                    f"{model.name}: stream ended before any data", model=model.name
-                )
-            return response, first, rest
+            return response, await _stream_head(rest, model.name), rest
         except BaseException:
             response.close()
             raise
+
+    # ------------------------------------------------------------------ nothing to try
+
+    async def _wait_for_cooling(
+        self, table: RoutingTable, route: Pool, request: ProxyRequest, progress: _Progress
+    ) -> bool:
+        """Nothing could be tried this round: wait out a short upstream Retry-After, or give up."""
+        wait, rate_limited = self._earliest_reopening(table, route, request)
+        if wait is None or not rate_limited or wait > route.retry.retry_after_max:
+            return False
+        await self._sleep(wait)
+        return True
+
+    def _earliest_reopening(
+        self, table: RoutingTable, route: Pool, request: ProxyRequest
+    ) -> tuple[float | None, bool]:
+        """Seconds until some member can be tried, and whether all are merely rate-limited."""
+        waits: list[float] = []
+        rate_limited = True
+        for _, member in self.candidates(table, route, request.capabilities):
+            breaker = member.model.state.breaker
+            waits.append(breaker.retry_in())
+            rate_limited = rate_limited and breaker.rate_limited
+        return (min(waits) if waits else None), rate_limited
+
+    def _exhausted(
+        self, table: RoutingTable, route: Pool, request: ProxyRequest, progress: _Progress
+    ) -> Exception:
+        wait, rate_limited = self._earliest_reopening(table, route, request)
+        if progress.failures:
+            return AllAttemptsFailed(progress.failures, retry_after=wait or None)
+        reasons = [
+            f"{member.model.name}: {member.model.state.breaker.reason or 'unavailable'}"
+            for _, member in self.candidates(table, route, request.capabilities)
+        ]
+        message = f"no member of {route.name!r} can take requests now ({'; '.join(reasons)})"
+        return AllDown(
+            message, retry_after=wait or 1.0, rate_limited=rate_limited, attempts=progress.attempts
+        )
+
+
+def _json_body(body: bytes, model: str) -> bytes:
+    """A 200 whose body is not JSON is an upstream failure, worth another member."""
+    try:
+        orjson.loads(body)
+    except orjson.JSONDecodeError:
+        message = f"{model}: upstream answered 200 with a body that is not JSON"
+        raise UpstreamStatusError(message, status=502, body=b"", model=model) from None
+    return body
+
+
+async def _stream_head(rest: AsyncIterator[bytes], model: str) -> bytes:
+    """Read up to the stream's first event; an error event there is a failed attempt."""
+    head = b""
+    while len(head) < MAX_HEAD:
+        chunk = await anext(rest, b"")
+        if not chunk:
+            break
+        head += chunk
+        event = first_event(head)
+        if event is not None:
+            error = error_in(*event)
+            if error is not None:
+                raise _stream_error(error, event[1], model)
+            return head
+    if not head:
+        raise UpstreamStreamBroken(f"{model}: stream ended before any data", model=model)
+    return head
+
+
+_ERROR_TYPES = {
+    "invalid_request_error": 400,
+    "rate_limit_error": 429,
+    "overloaded_error": 529,
+    "api_error": 500,
+    "server_error": 500,
+}
+
+
+def _stream_error(error: dict[str, Any], data: bytes, model: str) -> UpstreamStatusError:
+    code = error.get("code")
+    status = code if isinstance(code, int) and 400 <= code <= 599 else None
+    status = status or _ERROR_TYPES.get(str(error.get("type")), 502)
+    message = f"{model}: error event before any content: {error.get('message', '')}"
+    return UpstreamStatusError(message, status=status, body=data, model=model)

@@ -18,6 +18,8 @@ decides whether one is worth another attempt.
     │   └── PayloadTooLarge         413: body over server.max_body_bytes
     ├── RoutingError                modelpool could not find an upstream to serve
     │   ├── NoCapacity              429: every member is limited (carries retry_after)
+    │   ├── AllDown                 503 (429 if only rate-limited) at once: every member's
+    │   │                           breaker is open; Retry-After = the earliest reopening
     │   └── AllAttemptsFailed       502/503/504: every attempt failed (keeps them all)
     └── UpstreamError               one attempt at one model failed
         ├── UpstreamConnectError    could not connect (refused, DNS, TLS, connect timeout)
@@ -172,17 +174,35 @@ class NoCapacity(RoutingError):
         self.retry_after = retry_after
 
 
+class AllDown(RoutingError):
+    """No member could be tried: every breaker is open (or cooling after a 429)."""
+
+    def __init__(
+        self, message: str, *, retry_after: float, rate_limited: bool, attempts: int = 0
+    ) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.attempts = attempts
+        if rate_limited:
+            self.status, self.code = 429, "rate_limit_exceeded"
+        else:
+            self.status, self.code = 503, "all_upstreams_down"
+
+
 class AllAttemptsFailed(RoutingError):
     """Every attempt failed; the status follows the first failure's kind."""
 
-    def __init__(self, attempts: Sequence[UpstreamError]) -> None:
+    def __init__(
+        self, attempts: Sequence[UpstreamError], *, retry_after: float | None = None
+    ) -> None:
         self.attempts = tuple(attempts)
         first = self.attempts[0] if self.attempts else None
         n = len(self.attempts)
         detail = f"; first error: {first.message}" if first else ""
         super().__init__(f"all {n} attempt{'s' if n != 1 else ''} failed{detail}")
         self.status, self.code = _status_for(first)
-        self.retry_after = first.retry_after if isinstance(first, UpstreamStatusError) else None
+        upstream = first.retry_after if isinstance(first, UpstreamStatusError) else None
+        self.retry_after = upstream if upstream is not None else retry_after
 
 
 def _status_for(first: UpstreamError | None) -> tuple[int, str]:

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from modelpool.breaker import Breaker, State
 
 
 class Metrics:
@@ -26,3 +32,51 @@ class Metrics:
         )
         for result in ("applied", "rejected"):
             self.reloads.labels(result=result)
+        self.retries = Counter(
+            "modelpool_retries",
+            "Attempts beyond the first, by the pool the client asked for.",
+            ["pool"],
+            registry=self.registry,
+        )
+        self.failovers = Counter(
+            "modelpool_failovers",
+            "Times a request moved on to a different model, by the pool the client asked for.",
+            ["pool"],
+            registry=self.registry,
+        )
+        self.upstream_errors = Counter(
+            "modelpool_upstream_errors",
+            "Failed upstream attempts by model and kind "
+            "(connect, timeout, status_429, status_5xx, status_4xx, stream).",
+            ["model", "kind"],
+            registry=self.registry,
+        )
+
+    def watch_breakers(self, models: Callable[[], Iterable[tuple[str, Breaker]]]) -> None:
+        """Expose every breaker's state, read at scrape time (nothing on the hot path)."""
+        self.registry.register(_BreakerCollector(models))
+
+
+_STATE_VALUE = {State.CLOSED: 0, State.OPEN: 1, State.HALF_OPEN: 2}
+
+
+class _BreakerCollector(Collector):
+    def __init__(self, models: Callable[[], Iterable[tuple[str, Breaker]]]) -> None:
+        self._models = models
+
+    def collect(self) -> Iterator[Metric]:
+        state = GaugeMetricFamily(
+            "modelpool_breaker_state",
+            "Circuit breaker state per model: 0 closed, 1 open, 2 half-open.",
+            labels=["model"],
+        )
+        transitions = CounterMetricFamily(
+            "modelpool_breaker_transitions",
+            "Breaker state changes per model since its state was created.",
+            labels=["model"],
+        )
+        for name, breaker in self._models():
+            state.add_metric([name], _STATE_VALUE[breaker.state])
+            transitions.add_metric([name], breaker.transitions)
+        yield state
+        yield transitions

@@ -13,6 +13,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from modelpool.breaker import Breaker
+from modelpool.clock import Clock, SystemClock
+from modelpool.retry import RetryBudget
+
 
 @dataclass(frozen=True, slots=True)
 class ModelIdentity:
@@ -25,10 +29,19 @@ class ModelIdentity:
 class ModelState:
     """What one model's runtime has learned. Mutated only on the event loop."""
 
-    __slots__ = ("errors", "identity", "in_flight", "latency_ewma", "on_idle", "requests")
+    __slots__ = (
+        "breaker",
+        "errors",
+        "identity",
+        "in_flight",
+        "latency_ewma",
+        "on_idle",
+        "requests",
+    )
 
-    def __init__(self, identity: ModelIdentity) -> None:
+    def __init__(self, identity: ModelIdentity, clock: Clock) -> None:
         self.identity = identity
+        self.breaker = Breaker(clock)
         self.in_flight = 0
         self.requests = 0
         self.errors = 0
@@ -53,12 +66,13 @@ class ModelState:
 
 
 class PoolState:
-    """Per-pool runtime state: the round-robin cursor, later queue state."""
+    """Per-pool runtime state: the round-robin cursor and the retry budget."""
 
-    __slots__ = ("cursor",)
+    __slots__ = ("budget", "cursor")
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Clock) -> None:
         self.cursor = 0
+        self.budget = RetryBudget(clock)
 
     def advance(self) -> int:
         """A fresh position for this request (wraps freely; callers take a modulo)."""
@@ -75,21 +89,22 @@ class StateRegistry:
     request ends; a model that comes back before then keeps its state.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Clock | None = None) -> None:
+        self._clock: Clock = clock or SystemClock()
         self._models: dict[ModelIdentity, ModelState] = {}
         self._pools: dict[str, PoolState] = {}
 
     def model(self, identity: ModelIdentity) -> ModelState:
         state = self._models.get(identity)
         if state is None:
-            state = self._models[identity] = ModelState(identity)
+            state = self._models[identity] = ModelState(identity, self._clock)
         state.on_idle = None  # live again, if it was retired
         return state
 
     def pool(self, name: str) -> PoolState:
         state = self._pools.get(name)
         if state is None:
-            state = self._pools[name] = PoolState()
+            state = self._pools[name] = PoolState(self._clock)
         return state
 
     def models(self) -> list[ModelState]:

@@ -14,7 +14,14 @@ from dataclasses import dataclass
 
 from modelpool.auth import Authenticator
 from modelpool.balance import Strategy
-from modelpool.config.spec import Config, ModelSpec, PoolSpec, ProviderSpec, Timeouts
+from modelpool.config.spec import (
+    Config,
+    ModelSpec,
+    PoolSpec,
+    ProviderSpec,
+    RetryPolicy,
+    Timeouts,
+)
 from modelpool.providers.base import Provider
 from modelpool.state import ModelIdentity, ModelState, PoolState
 
@@ -55,10 +62,14 @@ class Pool:
     state: PoolState
     chain: tuple[str, ...]
     """This pool, then its failover pools depth-first, each once."""
-    attempts: int
-    """Upstream tries per client request, across the whole chain."""
+    retry: RetryPolicy
     state_key: str
     """Where this pool's runtime state lives in the StateRegistry."""
+
+    @property
+    def attempts(self) -> int:
+        """Upstream tries per client request, across the whole chain, the first included."""
+        return self.retry.attempts
 
     def order(self, rng: random.Random) -> list[Member]:
         """Members in the order this request should try them."""

@@ -138,7 +138,9 @@ async def test_all_failing_keeps_the_first_upstream_status_and_message(
     status, headers, body = await post_chat(daemon)
 
     assert status == 502
-    assert headers["x-modelpool-attempts"] == "2"
+    # attempts: 3 — each member once, then a backed-off retry of the first
+    assert headers["x-modelpool-attempts"] == "3"
+    assert (len(fake.requests), len(fake2.requests)) == (2, 1)
     assert headers["Content-Type"].startswith("application/json")
     error = body["error"]
     assert "HTTP 500" in error["message"]
@@ -153,7 +155,7 @@ async def test_all_down_is_503(start_daemon: StartDaemon, closed_port: int) -> N
     status, headers, body = await post_chat(daemon)
 
     assert status == 503
-    assert headers["x-modelpool-attempts"] == "2"
+    assert headers["x-modelpool-attempts"] == "3"
     assert body["error"]["code"] == "upstream_unavailable"
     assert f"127.0.0.1:{closed_port}" in body["error"]["message"]
     assert "Traceback" not in body["error"]["message"]
@@ -182,9 +184,10 @@ async def test_first_byte_timeout_everywhere_is_504(
 
     assert time.monotonic() - started < 2
     assert status == 504
-    assert headers["x-modelpool-attempts"] == "1"
+    assert headers["x-modelpool-attempts"] == "3"  # the one member, retried after backoff
     assert body["error"]["code"] == "upstream_timeout"
-    await observed(fake.requests[0].closed)
+    for received in fake.requests:
+        await observed(received.closed)
 
 
 # --------------------------------------------------------------------------- never retried

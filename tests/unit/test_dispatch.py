@@ -11,7 +11,7 @@ import pytest
 from modelpool.clock import FakeClock
 from modelpool.compile import compile_table
 from modelpool.config.load import load_config
-from modelpool.dispatch import Dispatcher, is_retryable
+from modelpool.dispatch import Dispatcher
 from modelpool.errors import (
     AllAttemptsFailed,
     RouteNotFound,
@@ -21,6 +21,7 @@ from modelpool.errors import (
     UpstreamStreamBroken,
     UpstreamTimeout,
 )
+from modelpool.retry import is_retryable
 from modelpool.state import StateRegistry
 from modelpool.table import RoutingTable
 from modelpool.upstream import Transports
@@ -132,7 +133,7 @@ def test_a_model_named_directly_is_a_one_member_route(table: RoutingTable) -> No
     dispatcher = Dispatcher(FakeClock(), random.Random(0))
     route = dispatcher.resolve(table, "c")
     assert [m.model.name for _, m in dispatcher.candidates(table, route, CHAT)] == ["c"]
-    assert route.attempts == 1
+    assert route.attempts == 3  # the default retry policy: the same model, with backoff
 
 
 def test_unknown_route_lists_every_known_name(table: RoutingTable) -> None:

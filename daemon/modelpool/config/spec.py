@@ -122,7 +122,7 @@ class RetryPolicy:
     backoff_initial: float = 0.2
     backoff_max: float = 5.0
     backoff_multiplier: float = 2.0
-    retry_after_max: float = 10.0
+    retry_after_max: float = 3.0
     budget_ratio: float = 0.2
     budget_min_per_second: float = 5.0
 

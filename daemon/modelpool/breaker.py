@@ -1,0 +1,167 @@
+"""The circuit breaker of one model: a pure state machine on an injected clock.
+
+::
+
+    CLOSED ──(N consecutive failures, or failure rate ≥ threshold over the
+    │          window with ≥ min_requests, or a 429/529 with Retry-After)──▶ OPEN
+    OPEN ──(cooldown over: the next allow() admits one trial)──▶ HALF_OPEN
+    HALF_OPEN ──trial succeeds──▶ CLOSED
+    HALF_OPEN ──trial fails──▶ OPEN, for a cooldown that doubled
+
+Cooldowns grow by ``multiplier`` per consecutive trip, up to ``max``; a
+failure while open only ever pushes the deadline later (max of the two). A
+``Retry-After`` from the upstream opens the breaker for exactly that long.
+The policy is passed in on every call rather than stored, so a reload that
+changes thresholds applies at once while the learned state carries over.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+
+from modelpool.clock import Clock
+from modelpool.config.spec import BreakerPolicy
+
+
+class State(enum.Enum):
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+
+class Breaker:
+    __slots__ = (
+        "_clock",
+        "_outcomes",
+        "consecutive_failures",
+        "open_until",
+        "opened_at",
+        "rate_limited",
+        "reason",
+        "state",
+        "transitions",
+        "trial_in_flight",
+        "trips",
+    )
+
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock
+        self.state = State.CLOSED
+        self.consecutive_failures = 0
+        self.trips = 0
+        """Consecutive trips without a success in between: the cooldown's exponent."""
+        self.opened_at: float | None = None
+        self.open_until = 0.0
+        self.reason = ""
+        self.rate_limited = False
+        """Open only because the upstream asked for a pause (Retry-After), not from failures."""
+        self.trial_in_flight = False
+        self.transitions = 0
+        self._outcomes: deque[tuple[float, bool]] = deque()
+
+    # ------------------------------------------------------------------ asking
+
+    def available(self) -> bool:
+        """Could a request be admitted now? Never changes state (balancers ask freely)."""
+        if self.state is State.CLOSED:
+            return True
+        if self.state is State.OPEN:
+            return self._clock.now() >= self.open_until
+        return not self.trial_in_flight
+
+    def allow(self) -> bool:
+        """Admit one request, if the breaker lets it through; a half-open breaker admits one."""
+        if self.state is State.CLOSED:
+            return True
+        if self.state is State.OPEN:
+            if self._clock.now() < self.open_until:
+                return False
+            self._move(State.HALF_OPEN)
+        if self.trial_in_flight:
+            return False
+        self.trial_in_flight = True
+        return True
+
+    def retry_in(self) -> float:
+        """Seconds until this breaker would admit a request (0 when it would now)."""
+        if self.state is State.OPEN:
+            return max(0.0, self.open_until - self._clock.now())
+        return 0.0
+
+    # ------------------------------------------------------------------ telling
+
+    def succeeded(self, policy: BreakerPolicy) -> None:
+        self.trial_in_flight = False
+        self.consecutive_failures = 0
+        self._record(policy, ok=True)
+        if self.state is not State.CLOSED:
+            self.trips = 0
+            self.reason = ""
+            self.rate_limited = False
+            self._outcomes.clear()
+            self._move(State.CLOSED)
+
+    def failed(
+        self, policy: BreakerPolicy, reason: str, *, retry_after: float | None = None
+    ) -> None:
+        """A model-scoped failure (never a request-scoped 400/413/422).
+
+        While open (requests admitted before it opened, still failing) the
+        deadline only moves later, by the current cooldown: concurrency must
+        not count as repeated trips. A failed half-open trial is a new trip.
+        """
+        now = self._clock.now()
+        self.trial_in_flight = False
+        self.consecutive_failures += 1
+        self._record(policy, ok=False)
+        if retry_after is not None and retry_after > 0:
+            self._open(
+                reason, now + min(retry_after, policy.cooldown_max), trip=False, cooling=True
+            )
+        elif self.state is State.OPEN:
+            self._open(reason, now + self._cooldown(policy, self.trips), trip=False)
+        elif self.state is State.HALF_OPEN or self._tripped(policy):
+            self._open(reason, now + self._cooldown(policy, self.trips + 1), trip=True)
+
+    def abandoned(self) -> None:
+        """The request ended without a verdict (the client left): free the trial slot."""
+        self.trial_in_flight = False
+
+    # ------------------------------------------------------------------ inside
+
+    def _tripped(self, policy: BreakerPolicy) -> bool:
+        if self.consecutive_failures >= policy.failure_threshold:
+            return True
+        outcomes = self._outcomes
+        if len(outcomes) < policy.rate_min_requests:
+            return False
+        failures = sum(1 for _, ok in outcomes if not ok)
+        return failures / len(outcomes) >= policy.rate_threshold
+
+    def _record(self, policy: BreakerPolicy, *, ok: bool) -> None:
+        now = self._clock.now()
+        outcomes = self._outcomes
+        outcomes.append((now, ok))
+        horizon = now - policy.rate_window
+        while outcomes and outcomes[0][0] < horizon:
+            outcomes.popleft()
+
+    @staticmethod
+    def _cooldown(policy: BreakerPolicy, trip: int) -> float:
+        cooldown = policy.cooldown_initial * policy.cooldown_multiplier ** max(0, trip - 1)
+        return float(min(cooldown, policy.cooldown_max))
+
+    def _open(self, reason: str, until: float, *, trip: bool, cooling: bool = False) -> None:
+        if trip:
+            self.trips += 1
+        self.rate_limited = cooling and (self.rate_limited or self.state is not State.OPEN)
+        self.reason = reason
+        self.open_until = max(self.open_until, until) if self.state is State.OPEN else until
+        if self.state is not State.OPEN:
+            self.opened_at = self._clock.now()
+            self._move(State.OPEN)
+
+    def _move(self, state: State) -> None:
+        self.state = state
+        self.transitions += 1
