@@ -47,7 +47,9 @@ def _fake_upstream_parser(commands: argparse._SubParsersAction[argparse.Argument
         description="A fake OpenAI upstream that fails as scripted (see `pydoc modelpool.fakeup`).",
     )
     fake.add_argument(
-        "--listen", default="127.0.0.1:9100", help="HOST:PORT (default 127.0.0.1:9100; 0 = any)"
+        "--listen",
+        default="127.0.0.1:9100",
+        help="HOST:PORT (default 127.0.0.1:9100; port 0 picks a free one)",
     )
     source = fake.add_mutually_exclusive_group()
     source.add_argument("--script", help="a YAML or JSON fault script")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import socket
 import struct
 from collections.abc import Awaitable, Callable, Mapping
@@ -96,9 +97,7 @@ async def _error_in_stream(
     request: web.Request, fault: Fault, answer: Answer
 ) -> web.StreamResponse:
     """200, and the first (only) event is an error, as OpenAI sends when it fails mid-stream."""
-    error = error_body(
-        500, fault.message or "The server had an error while processing your request."
-    )
+    error = error_body(500, fault.message or STREAM_ERROR)
     if not answer.stream:
         return web.Response(body=orjson.dumps(error), content_type="application/json")
     response = await _start(request, Answer(200, (), stream=True))
@@ -136,16 +135,11 @@ async def _send(response: web.StreamResponse, answer: Answer, fault: Fault, coun
 
 async def _wait(response: web.StreamResponse, seconds: float, ping: float) -> None:
     """Sleep ``seconds``; with ``ping``, write an SSE comment every ``ping`` seconds meanwhile."""
-    if not ping:
-        await asyncio.sleep(seconds)
-        return
-    left = seconds
-    while left > 0:
-        step = min(ping, left)
-        await asyncio.sleep(step)
-        left -= step
-        if left > 0:
-            await response.write(PING)
+    pings = math.ceil(seconds / ping - 1e-9) - 1 if ping else 0
+    for _ in range(pings):
+        await asyncio.sleep(ping)
+        await response.write(PING)
+    await asyncio.sleep(seconds - pings * ping)
 
 
 def _cut(

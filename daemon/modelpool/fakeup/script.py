@@ -50,7 +50,7 @@ _OPTIONS: Mapping[Kind, frozenset[str]] = {
     "latency": frozenset(),
     "status": frozenset({"retry_after", "retry_after_ms", "message"}),
     "reset": frozenset(),
-    "hang": frozenset({"max"}),
+    "hang": frozenset(),
     "drip": frozenset({"ping"}),
     "truncate": frozenset({"drip", "ping"}),
     "error_in_stream": frozenset({"message"}),
@@ -350,25 +350,30 @@ def describe_step(step: Step) -> dict[str, Any]:
 
 
 def describe_fault(fault: Fault) -> dict[str, Any]:
-    kind = fault.kind
-    own: dict[str, Any] = {kind: _own_value(fault)}
+    own_field = _OWN_FIELD.get(fault.kind)
+    described: dict[str, Any] = {
+        fault.kind: _shown(getattr(fault, own_field) if own_field else True)
+    }
     for key, _, name in _OPTION_FIELDS:
         value = getattr(fault, name)
-        if key != kind and value != getattr(OK, name) and not (key == "max" and kind == "hang"):
-            own[key] = format_duration(value) if isinstance(value, float) else value
-    return own
+        if name != own_field and value != getattr(OK, name):
+            described[key] = _shown(value)
+    return described
 
 
-def _own_value(fault: Fault) -> Any:
-    values: dict[Kind, Any] = {
-        "latency": format_duration(fault.latency),
-        "status": fault.status,
-        "hang": format_duration(fault.max),
-        "drip": format_duration(fault.drip),
-        "truncate": fault.chunks,
-        "stall": fault.chunks,
-    }
-    return values.get(fault.kind, True)
+def _shown(value: Any) -> Any:
+    return format_duration(value) if isinstance(value, float) else value
+
+
+_OWN_FIELD: Mapping[Kind, str] = {
+    "latency": "latency",
+    "status": "status",
+    "hang": "max",
+    "drip": "drip",
+    "truncate": "chunks",
+    "stall": "chunks",
+}
+"""The Fault field a kind's own value sets: ``hang=10s`` is max, ``truncate=3`` is chunks."""
 
 
 def describe_script(script: Script) -> dict[str, Any]:
