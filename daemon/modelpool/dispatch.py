@@ -81,6 +81,15 @@ class Served:
     """Set by the relay when the upstream broke the stream after it had started."""
 
 
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    response: UpstreamResponse
+    head: bytes
+    rest: AsyncIterator[bytes] | None
+    latency: float
+    """Seconds from sending the attempt to having its head (time to first token)."""
+
+
 @dataclass(slots=True)
 class _Progress:
     """One request's walk: what was tried and how it failed."""
@@ -159,15 +168,15 @@ class Dispatcher:
                 attempt = await self._try(route, member, request, progress)
                 if attempt is None:
                     continue
-                async with self._settle(member, attempt[0]) as outcome:
+                async with self._settle(member, attempt) as outcome:
                     served = Served(
                         pool_name,
                         member,
                         progress.attempts,
                         progress.failovers,
-                        attempt[0].content_type,
-                        attempt[1],
-                        attempt[2],
+                        attempt.response.content_type,
+                        attempt.head,
+                        attempt.rest,
                     )
                     yield served
                     outcome.append(served)
@@ -193,7 +202,7 @@ class Dispatcher:
 
     async def _try(
         self, route: Pool, member: Member, request: ProxyRequest, progress: _Progress
-    ) -> tuple[UpstreamResponse, bytes, AsyncIterator[bytes] | None] | None:
+    ) -> _Answer | None:
         """One attempt; None when it failed in a way worth another one."""
         model = member.model
         state = model.state
@@ -204,8 +213,9 @@ class Dispatcher:
         if progress.failovers > before:
             self._metrics.failovers.labels(pool=route.name).inc()
         state.started()
+        started = self._clock.now()
         try:
-            return await self._attempt(member, request)
+            response, head, rest = await self._attempt(member, request)
         except UpstreamError as error:
             verdict = judge(error)
             self._metrics.upstream_errors.labels(model=model.name, kind=verdict.kind).inc()
@@ -224,21 +234,24 @@ class Dispatcher:
             state.breaker.abandoned()
             state.finished(None, ok=None)
             raise
+        return _Answer(response, head, rest, self._clock.now() - started)
 
     @asynccontextmanager
-    async def _settle(
-        self, member: Member, response: UpstreamResponse
-    ) -> AsyncIterator[list[Served]]:
-        """Record how a served attempt ended once the relay is done with it."""
+    async def _settle(self, member: Member, answer: _Answer) -> AsyncIterator[list[Served]]:
+        """Record how a served attempt ended once the relay is done with it.
+
+        The latency kept for the model is the time to the first byte of its
+        answer (a whole body, or a stream's first event), not the relay's
+        length: a long stream is not a slow model.
+        """
         model = member.model
         state = model.state
         state.breaker.succeeded(model.spec.breaker)
-        started = self._clock.now()
         outcome: list[Served] = []
         try:
             yield outcome
         finally:
-            response.close()
+            answer.response.close()
             served = outcome[0] if outcome else None
             verdict = None if served is None else served.broken is None
             if served is not None and served.broken is not None:
@@ -246,7 +259,7 @@ class Dispatcher:
                 kind = judge(broken).kind
                 self._metrics.upstream_errors.labels(model=model.name, kind=kind).inc()
                 state.breaker.failed(model.spec.breaker, broken.message)
-            state.finished(self._clock.now() - started if verdict else None, ok=verdict)
+            state.finished(answer.latency if verdict else None, ok=verdict)
 
     async def _attempt(
         self, member: Member, request: ProxyRequest
