@@ -179,3 +179,17 @@ async def test_keep_alive_comments_reset_the_idle_timer(
     assert contents == ["thought hard"]
     assert events[-1].data == b"[DONE]"
     assert len(fake.requests) == 1
+
+
+async def test_a_long_stream_is_not_a_slow_model(
+    start_daemon: StartDaemon, fake: FakeUpstream
+) -> None:
+    """The latency a model is judged by is its time to first byte, not the stream's length."""
+    fake.script(CHAT, Reply.stream(*(f"w{i}" for i in range(8)), chunk_delay=0.1))
+    daemon = await start_daemon(chain_config([fake.base_url]))
+    async with daemon.http.post(CHAT, json=chat(stream=True)) as response:
+        await read_sse(response)
+    await daemon.settled()
+    latency = daemon.app[HOLDER].current.models["m1"].state.latency_ewma
+    assert latency is not None
+    assert latency < 0.3
