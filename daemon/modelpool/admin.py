@@ -3,24 +3,49 @@
 from __future__ import annotations
 
 import hmac
-from typing import Any
+import time
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 import orjson
 import prometheus_client
 from aiohttp import web
 
+from modelpool.breaker import Breaker, State
+from modelpool.clock import Clock, SystemClock
 from modelpool.config.semantic import is_loopback
 from modelpool.describe import config_json
 from modelpool.metrics import Metrics
 from modelpool.reload import Reloader
-from modelpool.table import TableHolder
+from modelpool.state import ModelState
+from modelpool.table import RoutingTable, TableHolder
+
+Report = Mapping[str, Mapping[str, Any]]
+
+
+class HealthView(Protocol):
+    """What the health checker shows (the composition root passes it in)."""
+
+    def providers(self, table: RoutingTable) -> Report: ...
+
+    def models(self, table: RoutingTable) -> Report: ...
 
 
 class AdminApi:
-    def __init__(self, holder: TableHolder, reloader: Reloader, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        holder: TableHolder,
+        reloader: Reloader,
+        metrics: Metrics,
+        *,
+        health: HealthView | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self._clock: Clock = clock or SystemClock()
         self._holder = holder
         self._reloader = reloader
         self._metrics = metrics
+        self._health = health
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -57,23 +82,29 @@ class AdminApi:
         return web.json_response({"status": "ok"})
 
     async def readyz(self, request: web.Request) -> web.Response:
+        """Ready while some pool can serve now: a member (or failover member) not broken."""
         table = self._holder.current
-        ready = bool(table.models)
+        pools = {name: can_serve(table, name) for name in table.pools or table.routes}
+        ready = any(pools.values())
         return web.json_response(
-            {"ready": ready, "generation": table.generation}, status=200 if ready else 503
+            {"ready": ready, "generation": table.generation, "pools": pools},
+            status=200 if ready else 503,
         )
 
     async def status(self, request: web.Request) -> web.Response:
         self._authorize(request)
         table = self._holder.current
-        models: dict[str, Any] = {
-            name: {
-                "in_flight": model.state.in_flight,
-                "requests": model.state.requests,
-                "errors": model.state.errors,
-                "latency_ewma_s": model.state.latency_ewma,
-            }
+        health = self._health
+        probes = health.models(table) if health is not None else {}
+        times = _Times(self._clock)
+        models = {
+            name: _model_status(model.state, probes.get(name), times)
             for name, model in table.models.items()
+        }
+        reports = self._provider_health(table)
+        providers = {
+            name: {"type": spec.type, "health": reports[name]}
+            for name, spec in table.config.providers.items()
         }
         return web.json_response(
             {
@@ -84,9 +115,16 @@ class AdminApi:
                     "loaded_at": self._reloader.loaded_at,
                 },
                 "last_reload": self._reloader.last.as_json(),
+                "providers": providers,
                 "models": models,
             }
         )
+
+    def _provider_health(self, table: RoutingTable) -> Report:
+        if self._health is not None:
+            return self._health.providers(table)
+        unknown = {"status": "unknown", "reason": "health checks are off"}
+        return {name: unknown for name in table.config.providers}
 
     def _authorize(self, request: web.Request) -> None:
         token = self._holder.current.config.server.admin_token
@@ -98,3 +136,57 @@ class AdminApi:
         given = request.headers.get("Authorization", "").removeprefix("Bearer ").encode()
         if not hmac.compare_digest(given, token.reveal().encode()):
             raise web.HTTPUnauthorized(reason="admin token required")
+
+
+def can_serve(table: RoutingTable, route: str) -> bool:
+    """Whether a request to ``route`` could be admitted by some model of its chain now."""
+    return any(
+        member.model.state.breaker.available()
+        for pool in table.routes[route].chain
+        for member in table.routes[pool].members
+    )
+
+
+class _Times:
+    """Breakers keep monotonic times; a reader needs Unix ones."""
+
+    __slots__ = ("_monotonic", "_unix")
+
+    def __init__(self, clock: Clock) -> None:
+        self._monotonic = clock.now()
+        self._unix = time.time()
+
+    def unix(self, monotonic: float) -> float:
+        return round(self._unix + (monotonic - self._monotonic), 3)
+
+
+def _model_status(
+    state: ModelState, probe: Mapping[str, Any] | None, times: _Times
+) -> dict[str, Any]:
+    status: dict[str, Any] = {
+        "in_flight": state.in_flight,
+        "requests": state.requests,
+        "errors": state.errors,
+        "latency_ewma_s": state.latency_ewma,
+        "breaker": _breaker_status(state.breaker, times),
+    }
+    if probe is not None:
+        status["health"] = probe
+    return status
+
+
+def _breaker_status(breaker: Breaker, times: _Times) -> dict[str, Any]:
+    """Why and since when a breaker is open, and when it admits a trial (Unix times)."""
+    opened_at = breaker.opened_at if breaker.state is not State.CLOSED else None
+    is_open = breaker.state is State.OPEN
+    return {
+        "state": breaker.state.value,
+        "reason": breaker.reason,
+        "opened_at": times.unix(opened_at) if opened_at is not None else None,
+        "half_open_at": times.unix(breaker.open_until) if is_open else None,
+        "retry_in_s": round(breaker.retry_in(), 3) if is_open else None,
+        "rate_limited": breaker.rate_limited,
+        "consecutive_failures": breaker.consecutive_failures,
+        "trips": breaker.trips,
+        "transitions": breaker.transitions,
+    }

@@ -22,6 +22,7 @@ from modelpool.clock import Clock, SystemClock
 from modelpool.compile import compile_table
 from modelpool.config.spec import Config
 from modelpool.dispatch import Dispatcher
+from modelpool.health import HealthChecker
 from modelpool.metrics import Metrics
 from modelpool.reload import Reloader
 from modelpool.state import StateRegistry
@@ -37,14 +38,16 @@ DISPATCHER = web.AppKey("dispatcher", Dispatcher)
 METRICS = web.AppKey("metrics", Metrics)
 RELOADER = web.AppKey("reloader", Reloader)
 BACKGROUND = web.AppKey("background", set[asyncio.Task[object]])
+HEALTH = web.AppKey("health", HealthChecker)
 
 
 def build_app(
-    config: Config, *, clock: Clock | None = None, watch: bool = False
+    config: Config, *, clock: Clock | None = None, watch: bool = False, health: bool = False
 ) -> web.Application:
     """A ready-to-run application serving ``config`` as generation 1.
 
-    ``watch`` starts the config file watcher (the daemon does; most tests don't).
+    ``watch`` starts the config file watcher and ``health`` the active health
+    checks (the daemon does both; most tests don't).
     """
     clock = clock or SystemClock()
     registry = StateRegistry(clock)
@@ -58,6 +61,8 @@ def build_app(
         lambda: ((name, model.state.breaker) for name, model in holder.current.models.items())
     )
     reloader = Reloader(config.source, holder, registry, transports, metrics)
+    checker = HealthChecker(lambda: holder.current, transports, clock)
+    metrics.watch_health(checker.statuses)
 
     app = web.Application(middlewares=[error_middleware], handler_args={"max_field_size": 16384})
     app[HOLDER] = holder
@@ -67,11 +72,14 @@ def build_app(
     app[METRICS] = metrics
     app[RELOADER] = reloader
     app[BACKGROUND] = set()
+    app[HEALTH] = checker
     app.add_routes(ProxyApi(holder, dispatcher).routes())
-    app.add_routes(AdminApi(holder, reloader, metrics).routes())
+    app.add_routes(AdminApi(holder, reloader, metrics, health=checker, clock=clock).routes())
     app.cleanup_ctx.append(_close_transports)
     if watch:
         app.cleanup_ctx.append(_watch_files)
+    if health:
+        app.cleanup_ctx.append(_check_health)
     return app
 
 
@@ -103,6 +111,17 @@ async def _keep_watching(reloader: Reloader, stop: asyncio.Event) -> None:
             await asyncio.sleep(1)
 
 
+async def _check_health(app: web.Application) -> AsyncIterator[None]:
+    stop = asyncio.Event()
+    task = asyncio.create_task(app[HEALTH].run(stop))
+    yield
+    stop.set()
+    try:
+        await asyncio.wait_for(task, timeout=5)
+    except TimeoutError:
+        log.warning("health checker did not stop in time")
+
+
 async def _close_transports(app: web.Application) -> AsyncIterator[None]:
     yield
     await app[TRANSPORTS].aclose()
@@ -110,7 +129,7 @@ async def _close_transports(app: web.Application) -> AsyncIterator[None]:
 
 async def serve(config: Config, host: str, port: int) -> int:
     """Serve until SIGTERM or SIGINT; return the process exit code."""
-    app = build_app(config, watch=True)
+    app = build_app(config, watch=True, health=True)
     runner = web.AppRunner(
         app, handler_cancellation=True, access_log=None, shutdown_timeout=config.server.grace_period
     )

@@ -56,8 +56,13 @@ class Metrics:
         """Expose every breaker's state, read at scrape time (nothing on the hot path)."""
         self.registry.register(_BreakerCollector(models))
 
+    def watch_health(self, providers: Callable[[], Iterable[tuple[str, str]]]) -> None:
+        """Expose each provider's latest health-probe status, read at scrape time."""
+        self.registry.register(_HealthCollector(providers))
+
 
 _STATE_VALUE = {State.CLOSED: 0, State.OPEN: 1, State.HALF_OPEN: 2}
+_HEALTH_VALUE = {"healthy": 1, "unhealthy": 0, "misconfigured": -1}
 
 
 class _BreakerCollector(Collector):
@@ -80,3 +85,19 @@ class _BreakerCollector(Collector):
             transitions.add_metric([name], breaker.transitions)
         yield state
         yield transitions
+
+
+class _HealthCollector(Collector):
+    def __init__(self, providers: Callable[[], Iterable[tuple[str, str]]]) -> None:
+        self._providers = providers
+
+    def collect(self) -> Iterator[Metric]:
+        status = GaugeMetricFamily(
+            "modelpool_health_status",
+            "Latest active health probe per provider: 1 healthy, 0 unhealthy, "
+            "-1 misconfigured (the probe itself is rejected); absent until probed.",
+            labels=["provider"],
+        )
+        for name, value in self._providers():
+            status.add_metric([name], _HEALTH_VALUE[value])
+        yield status

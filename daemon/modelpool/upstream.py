@@ -117,6 +117,24 @@ class HttpTransport:
         self, url: str, headers: Mapping[str, str], body: bytes, timeouts: Timeouts, model: str
     ) -> HttpResponse:
         """Send ``body``; return once a 2xx status arrived, else raise an UpstreamError."""
+        return await self.request("POST", url, headers, body, timeouts, model)
+
+    async def get(
+        self, url: str, headers: Mapping[str, str], timeouts: Timeouts, model: str
+    ) -> HttpResponse:
+        """A GET on the same pooled connections and deadlines (health probes use it)."""
+        return await self.request("GET", url, headers, None, timeouts, model)
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        body: bytes | None,
+        timeouts: Timeouts,
+        model: str,
+    ) -> HttpResponse:
+        """One attempt: return once a 2xx status arrived, else raise an UpstreamError."""
         session = self._ensure_session()
         loop = asyncio.get_running_loop()
         start = loop.time()
@@ -126,8 +144,13 @@ class HttpTransport:
         try:
             async with asyncio.timeout(min(start + timeouts.first_byte, attempt.total_at)) as dl:
                 attempt.deadline = dl
-                response = await session.post(
-                    url, data=body, headers=headers, timeout=per_request, trace_request_ctx=attempt
+                response = await session.request(
+                    method,
+                    url,
+                    data=body,
+                    headers=headers,
+                    timeout=per_request,
+                    trace_request_ctx=attempt,
                 )
                 if response.status >= 400:
                     raise await _status_error(response, model)

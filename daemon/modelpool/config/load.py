@@ -27,6 +27,7 @@ from modelpool.config.spec import (
     Config,
     Health,
     MockBehaviour,
+    ModelHealth,
     ModelSpec,
     PoolSpec,
     Price,
@@ -221,6 +222,17 @@ def _model(name: str, raw: Mapping[str, Any], breakers: BreakerPolicy) -> ModelS
         limits=build_limits(raw.get("limits")),
         breaker=build_breaker(raw.get("breaker"), breakers),
         description=raw.get("description", ""),
+        health=_model_health(raw.get("health")),
+    )
+
+
+def _model_health(raw: Mapping[str, Any] | None) -> ModelHealth | None:
+    if raw is None:
+        return None
+    return ModelHealth(
+        probe=raw.get("probe", "none"),
+        interval=parse_duration(raw["interval"]) if "interval" in raw else None,
+        timeout=parse_duration(raw["timeout"]) if "timeout" in raw else None,
     )
 
 

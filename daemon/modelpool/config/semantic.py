@@ -173,6 +173,42 @@ def _limits(doc: Document, data: Mapping[str, Any]) -> Iterator[tuple[Path, str]
             yield ("models", name, "max_output_tokens"), message
 
 
+def _health(doc: Document, data: Mapping[str, Any]) -> Iterator[tuple[Path, str]]:
+    """Completion probes that could never run, and a provider probe with nothing to probe."""
+    providers = data["providers"]
+    opted_in: set[str] = set()
+    for name, model in data["models"].items():
+        own = model.get("health", {})
+        provider = providers.get(model["provider"])
+        if own.get("probe") != "chat" or provider is None:
+            continue
+        opted_in.add(model["provider"])
+        yield from _completion_probe(name, own, model["provider"], provider.get("health", {}))
+        if "chat" not in model.get("capabilities", ["chat"]):
+            yield ("models", name, "health", "probe"), "a chat probe needs the chat capability"
+    for name, provider in providers.items():
+        if provider.get("health", {}).get("probe") == "chat" and name not in opted_in:
+            message = (
+                "probe chat sends completion probes only for models that opt in "
+                "(models.NAME.health.probe: chat), and no model of this provider does"
+            )
+            yield ("providers", name, "health", "probe"), message
+
+
+def _completion_probe(
+    model: str, own: Mapping[str, Any], provider: str, shared: Mapping[str, Any]
+) -> Iterator[tuple[Path, str]]:
+    path: Path = ("models", model, "health", "probe")
+    if shared.get("probe") == "none":
+        yield path, f"provider {provider!r} has health.probe none, which turns this probe off"
+    elif "interval" not in own and "interval" not in shared:
+        message = (
+            f"a completion probe needs an interval: set models.{model}.health.interval "
+            f"or providers.{provider}.health.interval"
+        )
+        yield path, message
+
+
 CHECKS: tuple[Check, ...] = (
     _model_providers,
     _pool_members,
@@ -182,4 +218,5 @@ CHECKS: tuple[Check, ...] = (
     _listen,
     _ordered_durations,
     _limits,
+    _health,
 )

@@ -60,6 +60,15 @@ class Health:
 
 
 @dataclass(frozen=True, slots=True)
+class ModelHealth:
+    """A model's own completion probe; ``None`` fields fall back to the provider's ``Health``."""
+
+    probe: str = "none"
+    interval: float | None = None
+    timeout: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class MockBehaviour:
     latency: float = 0.0
     chunk_delay: float = 0.0
@@ -107,6 +116,7 @@ class ModelSpec:
     limits: Limits = Limits()
     breaker: BreakerPolicy = BreakerPolicy()
     description: str = ""
+    health: ModelHealth | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,6 +26,13 @@ def api_root(spec: ProviderSpec) -> str:
     return base
 
 
+def models_url(spec: ProviderSpec) -> str:
+    """Where the provider lists its models: the health checks' free probe."""
+    if spec.type == "azure_openai":
+        return f"{api_root(spec)}/openai/models?api-version={spec.api_version}"
+    return f"{api_root(spec)}/models"
+
+
 def auth_headers(spec: ProviderSpec) -> dict[str, str]:
     # identity: bodies are relayed byte for byte (and streams parsed), never re-encoded
     headers = {"Content-Type": "application/json", "Accept-Encoding": "identity"}
