@@ -318,12 +318,15 @@ class Dispatcher:
 
 
 def _json_body(body: bytes, model: str) -> bytes:
-    """A 200 whose body is not JSON is an upstream failure, worth another member."""
+    """A 200 whose body is not JSON, or is an error object, is an upstream failure."""
     try:
-        orjson.loads(body)
+        data = orjson.loads(body)
     except orjson.JSONDecodeError:
         message = f"{model}: upstream answered 200 with a body that is not JSON"
         raise UpstreamStatusError(message, status=502, body=b"", model=model) from None
+    error = data.get("error") if isinstance(data, dict) else None
+    if isinstance(error, dict):
+        raise _stream_error(error, body, model, where="upstream answered 200 with an error")
     return body
 
 
@@ -355,9 +358,11 @@ _ERROR_TYPES = {
 }
 
 
-def _stream_error(error: dict[str, Any], data: bytes, model: str) -> UpstreamStatusError:
+def _stream_error(
+    error: dict[str, Any], data: bytes, model: str, where: str = "error event before any content"
+) -> UpstreamStatusError:
     code = error.get("code")
     status = code if isinstance(code, int) and 400 <= code <= 599 else None
     status = status or _ERROR_TYPES.get(str(error.get("type")), 502)
-    message = f"{model}: error event before any content: {error.get('message', '')}"
+    message = f"{model}: {where}: {error.get('message', '')}"
     return UpstreamStatusError(message, status=status, body=data, model=model)

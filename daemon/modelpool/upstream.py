@@ -142,7 +142,9 @@ class HttpTransport:
         per_request = aiohttp.ClientTimeout(total=None, sock_connect=timeouts.connect)
         self.active += 1
         try:
-            async with asyncio.timeout(min(start + timeouts.first_byte, attempt.total_at)) as dl:
+            # until a trace hook says the connection is ready (first_byte starts then), only
+            # ``total`` bounds the attempt; timeout_at: these are loop times, not delays
+            async with asyncio.timeout_at(attempt.total_at) as dl:
                 attempt.deadline = dl
                 response = await session.request(
                     method,
@@ -267,15 +269,8 @@ class HttpResponse:
         return min(asyncio.get_running_loop().time() + self._idle, self._total_at)
 
     async def read(self) -> bytes:
-        try:
-            async with asyncio.timeout(self._deadline()):
-                return await self._response.read()
-        except TimeoutError:
-            raise self._timeout() from None
-        except aiohttp.ClientError as exc:
-            raise UpstreamStreamBroken(
-                f"{self._model}: {_describe(exc)}", model=self._model
-            ) from None
+        """The whole body, under the same idle (between chunks) and total deadlines as a stream."""
+        return b"".join([chunk async for chunk in self.chunks()])
 
     async def chunks(self) -> AsyncIterator[bytes]:
         content = self._response.content
