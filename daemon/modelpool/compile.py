@@ -72,7 +72,9 @@ def _model(
 ) -> Model:
     identity = identity_of(spec, provider)
     state = registry.model(identity)
-    return Model(spec.name, spec, provider, adapter, identity, state, transport_key(provider))
+    key = transport_key(provider)
+    transport = adapter.transport if isinstance(adapter, OpenAIProvider) else None
+    return Model(spec.name, spec, provider, adapter, identity, state, key, transport)
 
 
 def _pool(

@@ -134,16 +134,24 @@ class Dispatcher:
 
         Each model appears once, and only models with every capability in
         ``needs``; when no member anywhere in the chain has them, that is the
-        client's mistake (400), not an outage.
+        client's mistake (400), not an outage. A member whose connection pool
+        is full goes to the end of the round: it is not waited on while
+        another member can serve (a hung upstream holds its connections).
         """
         seen: set[str] = set()
+        busy: list[tuple[str, Member]] = []
         for pool_name in route.chain:
             pool = table.routes[pool_name]
             for member in pool.order(self._rng):
                 model = member.model
-                if model.name not in seen and needs <= model.spec.capabilities:
-                    seen.add(model.name)
+                if model.name in seen or not needs <= model.spec.capabilities:
+                    continue
+                seen.add(model.name)
+                if model.saturated:
+                    busy.append((pool_name, member))
+                else:
                     yield pool_name, member
+        yield from busy
         if not seen:
             wanted = ", ".join(sorted(needs))
             message = f"no model in {route.name!r} or its failover pools supports {wanted}"

@@ -24,6 +24,7 @@ from modelpool.config.spec import (
 )
 from modelpool.providers.base import Provider
 from modelpool.state import ModelIdentity, ModelState, PoolState
+from modelpool.upstream import HttpTransport
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -38,6 +39,13 @@ class Model:
     state: ModelState
     transport_key: tuple[str, int] | None
     """The shared connection pool this model's requests use (None: no HTTP, e.g. mock)."""
+    transport: HttpTransport | None = None
+
+    @property
+    def saturated(self) -> bool:
+        """Every pooled connection to this model's endpoint is busy: a new attempt would queue."""
+        transport = self.transport
+        return transport is not None and transport.active >= transport.max_connections
 
 
 @dataclass(frozen=True, slots=True, eq=False)

@@ -6,7 +6,7 @@ import asyncio
 from typing import Any
 
 from fake_upstream import FakeUpstream, Reply
-from proxy_harness import StartDaemon, chat, single_pool_config
+from proxy_harness import StartDaemon, chain_config, chat, single_pool_config
 
 CHAT = "/v1/chat/completions"
 
@@ -44,3 +44,24 @@ async def test_connections_are_kept_alive_and_reused(
             await response.read()
     peers: set[Any] = {r.peer for r in fake.requests}
     assert len(peers) == 1, f"expected one reused upstream connection, saw {peers}"
+
+
+async def test_a_member_whose_pool_is_full_is_not_waited_on_while_another_can_serve(
+    start_daemon: StartDaemon, fake: FakeUpstream, fake2: FakeUpstream
+) -> None:
+    """A hung upstream holds its 2 connections; the other 8 requests go straight to m2."""
+    fake.script(CHAT, *(Reply(delay=5) for _ in range(10)))
+    config = chain_config([fake.base_url, fake2.base_url], timeouts={"first_byte": "1s"})
+    config["providers"]["u1"]["max_connections"] = 2
+    daemon = await start_daemon(config)
+
+    async def call() -> tuple[int, str]:
+        async with daemon.http.post(CHAT, json=chat()) as response:
+            await response.read()
+            return response.status, response.headers["x-modelpool-model"]
+
+    started = asyncio.get_running_loop().time()
+    results = await asyncio.gather(*(call() for _ in range(10)))
+    assert results == [(200, "m2")] * 10
+    assert len(fake.requests) == 2, "requests queued behind a hung upstream's full pool"
+    assert asyncio.get_running_loop().time() - started < 2.5
