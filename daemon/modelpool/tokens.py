@@ -1,0 +1,52 @@
+"""Token estimates for admission, before the upstream has counted anything.
+
+Limits (tpm) and `lowest_cost` need a number before the request is sent;
+the upstream's `usage` settles the real one afterwards. About four bytes of
+text per token is the usual rule of thumb for English and code; it errs
+high for JSON syntax, which is the safe side for a limiter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+BYTES_PER_TOKEN = 4
+DEFAULT_OUTPUT_TOKENS = 256
+"""Reserved for the answer when the request sets no max_tokens and no default is configured."""
+
+
+@dataclass(frozen=True, slots=True)
+class Estimate:
+    input_tokens: int
+    output_tokens: int
+
+    @property
+    def total(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+
+def _text_size(value: Any) -> int:
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, Mapping):
+        return sum(_text_size(v) for v in value.values())
+    if isinstance(value, list):
+        return sum(_text_size(v) for v in value)
+    return 0
+
+
+def estimate(endpoint: str, body: Mapping[str, Any], default_output: int | None = None) -> Estimate:
+    """Prompt tokens from the request's text; output tokens from max_tokens or a default."""
+    source = {"chat": "messages", "completions": "prompt", "embeddings": "input"}[endpoint]
+    size = _text_size(body.get(source)) + _text_size(body.get("tools"))
+    input_tokens = max(1, size // BYTES_PER_TOKEN)
+    if endpoint == "embeddings":
+        return Estimate(input_tokens, 0)
+    requested = body.get("max_completion_tokens") or body.get("max_tokens")
+    if isinstance(requested, int) and not isinstance(requested, bool) and requested > 0:
+        output = requested
+    else:
+        output = default_output or DEFAULT_OUTPUT_TOKENS
+    return Estimate(input_tokens, output)
