@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hmac
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 import orjson
@@ -15,6 +15,7 @@ from modelpool.breaker import Breaker, State
 from modelpool.clock import Clock, SystemClock
 from modelpool.config.semantic import is_loopback
 from modelpool.describe import config_json
+from modelpool.limits import Gate
 from modelpool.metrics import Metrics
 from modelpool.reload import Reloader
 from modelpool.state import ModelState
@@ -99,7 +100,15 @@ class AdminApi:
         times = _Times(self._clock)
         models = {
             name: _model_status(model.state, probes.get(name), times)
+            | {"limits": limits_status(model.state.limits.gates(model.spec.limits))}
             for name, model in table.models.items()
+        }
+        pools = {
+            name: {
+                "queue_depth": pool.state.queue.depth,
+                "limits": limits_status(pool.state.limits.gates(pool.limits)),
+            }
+            for name, pool in table.pools.items()
         }
         reports = self._provider_health(table)
         providers = {
@@ -116,6 +125,7 @@ class AdminApi:
                 },
                 "last_reload": self._reloader.last.as_json(),
                 "providers": providers,
+                "pools": pools,
                 "models": models,
             }
         )
@@ -158,6 +168,14 @@ class _Times:
 
     def unix(self, monotonic: float) -> float:
         return round(self._unix + (monotonic - self._monotonic), 3)
+
+
+def limits_status(gates: Sequence[Gate]) -> dict[str, Any]:
+    """Each configured limit and what is left of it now."""
+    return {
+        gate.kind: {"limit": getattr(gate, "limit", None), "headroom": round(gate.headroom(), 1)}
+        for gate in gates
+    }
 
 
 def _model_status(

@@ -16,6 +16,7 @@ from modelpool.auth import authorize
 from modelpool.dispatch import Dispatcher, ProxyRequest, Served
 from modelpool.errors import BadRequest, PayloadTooLarge, UpstreamError
 from modelpool.registry_view import models_listing
+from modelpool.sse import UsageScan
 from modelpool.table import TableHolder
 
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -101,7 +102,7 @@ class ProxyApi:
         body = await read_json(request, table.config.server.max_body_bytes)
         stream = check_body(endpoint, body)
         authorize(client, body["model"])
-        proxy_request = ProxyRequest(endpoint, body["model"], body, stream)
+        proxy_request = ProxyRequest(endpoint, body["model"], body, stream, client)
         async with self._dispatcher.serve(table, proxy_request) as served:
             headers = {
                 "x-modelpool-pool": served.pool,
@@ -124,9 +125,14 @@ async def _relay(
     await response.prepare(request)
     await response.write(served.body)
     assert served.rest is not None
+    usage = UsageScan()
+    usage.feed(served.body)  # a short stream's usage can come in the same read as its head
+    served.used_tokens = usage.total or served.used_tokens
     try:
         async for chunk in served.rest:
             await response.write(chunk)
+            usage.feed(chunk)
+            served.used_tokens = usage.total or served.used_tokens
     except UpstreamError as exc:
         # Bytes already went out: the status can't change, so say it in the stream.
         served.broken = exc

@@ -23,7 +23,7 @@ from modelpool.compile import compile_table
 from modelpool.config.spec import Config
 from modelpool.dispatch import Dispatcher
 from modelpool.health import HealthChecker
-from modelpool.metrics import Metrics
+from modelpool.metrics import Metrics, watch_capacity_of
 from modelpool.reload import Reloader
 from modelpool.state import StateRegistry
 from modelpool.table import TableHolder
@@ -57,6 +57,7 @@ def build_app(
     )
     metrics = Metrics()
     dispatcher = Dispatcher(clock, metrics=metrics)
+    watch_capacity_of(metrics, lambda: holder.current)
     metrics.watch_breakers(
         lambda: ((name, model.state.breaker) for name, model in holder.current.models.items())
     )

@@ -10,7 +10,15 @@ from collections.abc import Mapping
 
 from modelpool.auth import Authenticator
 from modelpool.balance import round_robin, strategy_for
-from modelpool.config.spec import Config, ModelSpec, PoolSpec, ProviderSpec, RetryPolicy
+from modelpool.config.spec import (
+    Config,
+    Limits,
+    ModelSpec,
+    PoolSpec,
+    ProviderSpec,
+    QueuePolicy,
+    RetryPolicy,
+)
 from modelpool.config.spec import frozen as freeze
 from modelpool.errors import UpstreamConnectError
 from modelpool.providers.base import Call, Provider, UpstreamResponse
@@ -22,6 +30,8 @@ from modelpool.upstream import Transports
 
 DIRECT = RetryPolicy()
 """A model named directly: the default retry policy (same model, backoff between tries)."""
+NONE = Limits()
+QUEUE = QueuePolicy()
 
 OPENAI_DIALECT = frozenset({"openai", "openai_compatible", "ollama", "azure_openai"})
 
@@ -46,10 +56,13 @@ def compile_table(
         member = Member(model, 1.0, 0, model.provider.timeouts)
         key = f"model:{name}"
         pool_state = registry.pool(key)
-        routes[name] = Pool(name, None, (member,), round_robin, pool_state, (name,), DIRECT, key)
+        routes[name] = Pool(
+            name, None, (member,), round_robin, pool_state, (name,), DIRECT, key, NONE, QUEUE
+        )
     authenticator = Authenticator(config.clients)
+    clients = freeze({name: registry.client(name) for name in config.clients})
     return RoutingTable(
-        generation, config, freeze(models), freeze(pools), freeze(routes), authenticator
+        generation, config, freeze(models), freeze(pools), freeze(routes), authenticator, clients
     )
 
 
@@ -99,6 +112,8 @@ def _pool(
         chain,
         spec.retry,
         spec.name,
+        spec.limits,
+        spec.queue,
     )
 
 

@@ -20,28 +20,34 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
+from modelpool.balance import NO_HINT
 from modelpool.clock import Clock
+from modelpool.config.spec import ClientSpec
 from modelpool.errors import (
     AllAttemptsFailed,
     AllDown,
     BadRequest,
+    NoCapacity,
     RouteNotFound,
     UpstreamError,
     UpstreamStatusError,
     UpstreamStreamBroken,
 )
+from modelpool.limits import Gate, Lease, blocking, take_all
 from modelpool.metrics import Metrics
 from modelpool.providers.base import Call, UpstreamResponse
 from modelpool.retry import backoff, judge
 from modelpool.sse import MAX_HEAD, error_in, first_event
 from modelpool.table import Member, Pool, RoutingTable
+from modelpool.tokens import Estimate, estimate
+from modelpool.waitqueue import POLL, QueueFull, QueueTimeout
 
 _NEEDS = {
     (endpoint, stream): frozenset({endpoint, "stream"} if stream else {endpoint})
@@ -57,6 +63,7 @@ class ProxyRequest:
     """The request's `model` field: a pool or a model name."""
     body: Mapping[str, Any]
     stream: bool
+    client: ClientSpec | None = None
 
     @property
     def capabilities(self) -> frozenset[str]:
@@ -79,6 +86,8 @@ class Served:
     """The stream after ``body``; None when not streaming."""
     broken: UpstreamError | None = None
     """Set by the relay when the upstream broke the stream after it had started."""
+    used_tokens: int | None = None
+    """Tokens the upstream reported (body ``usage``, or a stream's usage event)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +97,10 @@ class _Answer:
     rest: AsyncIterator[bytes] | None
     latency: float
     """Seconds from sending the attempt to having its head (time to first token)."""
+    lease: Lease
+    """What the attempt took from its model's limits."""
+    used_tokens: int | None
+    """Tokens the upstream reported for a whole (non-streaming) answer."""
 
 
 @dataclass(slots=True)
@@ -96,6 +109,8 @@ class _Progress:
 
     attempts: int = 0
     failovers: int = 0
+    limited: bool = False
+    """Some member was skipped only because its limits were reached."""
     last_model: str = ""
     failures: list[UpstreamError] = field(default_factory=list)
 
@@ -128,7 +143,7 @@ class Dispatcher:
         return route
 
     def candidates(
-        self, table: RoutingTable, route: Pool, needs: frozenset[str]
+        self, table: RoutingTable, route: Pool, needs: frozenset[str], hint: Estimate = NO_HINT
     ) -> Iterator[tuple[str, Member]]:
         """One round of members, in order: the pool's own, then each failover pool's.
 
@@ -142,7 +157,7 @@ class Dispatcher:
         busy: list[tuple[str, Member]] = []
         for pool_name in route.chain:
             pool = table.routes[pool_name]
-            for member in pool.order(self._rng):
+            for member in pool.order(self._rng, hint):
                 model = member.model
                 if model.name in seen or not needs <= model.spec.capabilities:
                     continue
@@ -159,21 +174,59 @@ class Dispatcher:
 
     @asynccontextmanager
     async def serve(self, table: RoutingTable, request: ProxyRequest) -> AsyncIterator[Served]:
-        """Yield the first successful attempt; raise the reason when none succeeds."""
+        """Yield the first successful attempt; raise the reason when none succeeds.
+
+        The client's and the pool's limits are taken once, for the whole
+        request (waiting in the pool's line if need be); each attempt takes
+        its model's limits. Everything taken is given back exactly once, with
+        the tokens the answer really used.
+        """
         route = self.resolve(table, request.route)
-        policy = route.retry
-        route.state.budget.deposit(policy)
+        guess = estimate(request.endpoint, request.body, route.limits.default_max_tokens)
+        lease = Lease()
+        used: int | None = None
+        try:
+            await self._enter(table, route, request, guess.total, lease)
+            async with self._walk(table, route, request, guess) as served:
+                yield served
+                used = served.used_tokens
+        finally:
+            lease.release(used)
+            route.state.queue.notify()
+
+    async def _enter(
+        self, table: RoutingTable, route: Pool, request: ProxyRequest, tokens: int, lease: Lease
+    ) -> None:
+        """Take the request-level limits (client, then pool), waiting in line while refused."""
+        gates = [*route.state.limits.gates(route.limits)]
+        client = request.client
+        if client is not None and client.name in table.client_limits:
+            gates += table.client_limits[client.name].gates(client.limits)
+        if not gates:
+            return
+        if blocking(gates, tokens) is not None:
+            await self._queue(route, lambda: _refused_for(gates, tokens))
+        await take_all(gates, tokens, lease)
+
+    @asynccontextmanager
+    async def _walk(
+        self, table: RoutingTable, route: Pool, request: ProxyRequest, guess: Estimate
+    ) -> AsyncIterator[Served]:
+        """Rounds over the members until one answers; see the module docstring."""
+        tokens = guess.total
+        route.state.budget.deposit(route.retry)
         progress = _Progress()
         round_ = 0
         while progress.attempts < route.attempts:
             tried_any = False
-            for pool_name, member in self.candidates(table, route, request.capabilities):
+            for pool_name, member in self.candidates(table, route, request.capabilities, guess):
                 if progress.attempts >= route.attempts:
                     break
-                if not await self._admit(route, member, progress, round_):
+                lease = await self._admit(route, member, progress, round_, tokens)
+                if lease is None:
                     continue
                 tried_any = True
-                attempt = await self._try(route, member, request, progress)
+                attempt = await self._try(route, member, request, progress, lease)
                 if attempt is None:
                     continue
                 async with self._settle(member, attempt) as outcome:
@@ -185,31 +238,66 @@ class Dispatcher:
                         attempt.response.content_type,
                         attempt.head,
                         attempt.rest,
+                        used_tokens=attempt.used_tokens,
                     )
                     yield served
                     outcome.append(served)
                 return
-            if not tried_any and not await self._wait_for_cooling(table, route, request, progress):
+            if not tried_any and not await self._wait_for_room(
+                table, route, request, progress, tokens
+            ):
                 break
             round_ += 1 if tried_any else 0
         raise self._exhausted(table, route, request, progress)
 
+    async def _queue(self, route: Pool, blocked: Callable[[], float | None]) -> None:
+        """Wait in the pool's line; a full line or a timeout is a 429 with Retry-After."""
+        started = self._clock.now()
+        try:
+            await route.state.queue.wait(route.queue, blocked)
+        except (QueueFull, QueueTimeout) as exc:
+            reason = "queue_full" if isinstance(exc, QueueFull) else "queue_timeout"
+            self._metrics.rejections.labels(pool=route.name, reason=reason).inc()
+            wait = blocked() or 1.0
+            what = (
+                "is full" if reason == "queue_full" else f"timed out after {route.queue.timeout:g}s"
+            )
+            raise NoCapacity(
+                f"pool {route.name!r} is at capacity; its queue {what}", retry_after=wait
+            ) from None
+        finally:
+            self._metrics.queue_wait.labels(pool=route.name).observe(self._clock.now() - started)
+
     # ------------------------------------------------------------------ one attempt
 
-    async def _admit(self, route: Pool, member: Member, progress: _Progress, round_: int) -> bool:
-        """Whether to try ``member`` now: breaker, retry budget, backoff."""
-        breaker = member.model.state.breaker
+    async def _admit(
+        self, route: Pool, member: Member, progress: _Progress, round_: int, tokens: int
+    ) -> Lease | None:
+        """Whether to try ``member`` now (breaker, retry budget, backoff, its limits).
+
+        Returns the lease on the model's limits, or None to skip the member.
+        """
+        model = member.model
+        breaker = model.state.breaker
         if not breaker.available():
-            return False
+            return None
         policy = route.retry
         if progress.attempts and not route.state.budget.withdraw(policy):
-            return False
+            return None
         if round_:
             await self._sleep(backoff(policy, round_, self._rng))
-        return breaker.allow()
+        gates = model.state.limits.gates(model.spec.limits)
+        if gates and blocking(gates, tokens) is not None:
+            progress.limited = True
+            return None
+        if not breaker.allow():
+            return None
+        lease = Lease()
+        await take_all(gates, tokens, lease)
+        return lease
 
     async def _try(
-        self, route: Pool, member: Member, request: ProxyRequest, progress: _Progress
+        self, route: Pool, member: Member, request: ProxyRequest, progress: _Progress, lease: Lease
     ) -> _Answer | None:
         """One attempt; None when it failed in a way worth another one."""
         model = member.model
@@ -225,6 +313,7 @@ class Dispatcher:
         try:
             response, head, rest = await self._attempt(member, request)
         except UpstreamError as error:
+            lease.release(0)
             verdict = judge(error)
             self._metrics.upstream_errors.labels(model=model.name, kind=verdict.kind).inc()
             if verdict.blame_model:
@@ -239,10 +328,14 @@ class Dispatcher:
             progress.failures.append(error)
             return None
         except BaseException:  # cancelled: the client went away; no verdict on the model
+            lease.release(None)
             state.breaker.abandoned()
             state.finished(None, ok=None)
             raise
-        return _Answer(response, head, rest, self._clock.now() - started)
+        latency = self._clock.now() - started
+        return _Answer(
+            response, head, rest, latency, lease, usage_of(head) if rest is None else None
+        )
 
     @asynccontextmanager
     async def _settle(self, member: Member, answer: _Answer) -> AsyncIterator[list[Served]]:
@@ -260,6 +353,7 @@ class Dispatcher:
             yield outcome
         finally:
             answer.response.close()
+            answer.lease.release(outcome[0].used_tokens if outcome else None)
             served = outcome[0] if outcome else None
             verdict = None if served is None else served.broken is None
             if served is not None and served.broken is not None:
@@ -287,15 +381,38 @@ class Dispatcher:
 
     # ------------------------------------------------------------------ nothing to try
 
-    async def _wait_for_cooling(
-        self, table: RoutingTable, route: Pool, request: ProxyRequest, progress: _Progress
+    async def _wait_for_room(
+        self,
+        table: RoutingTable,
+        route: Pool,
+        request: ProxyRequest,
+        progress: _Progress,
+        tokens: int,
     ) -> bool:
-        """Nothing could be tried this round: wait out a short upstream Retry-After, or give up."""
+        """Nobody could be tried this round. Wait in line while members are only limited,
+        wait out a short upstream Retry-After, or give up (everything is down)."""
+        if progress.limited:
+            progress.limited = False
+            await self._queue(route, lambda: self._member_wait(table, route, request, tokens))
+            return True
         wait, rate_limited = self._earliest_reopening(table, route, request)
         if wait is None or not rate_limited or wait > route.retry.retry_after_max:
             return False
         await self._sleep(wait)
         return True
+
+    def _member_wait(
+        self, table: RoutingTable, route: Pool, request: ProxyRequest, tokens: int
+    ) -> float | None:
+        """None when some member could take the request now, else the shortest wait."""
+        waits: list[float] = []
+        for _, member in self.candidates(table, route, request.capabilities):
+            model = member.model
+            refused = _refused_for(model.state.limits.gates(model.spec.limits), tokens)
+            if model.state.breaker.available() and refused is None and not model.saturated:
+                return None
+            waits.append(max(model.state.breaker.retry_in(), refused or POLL))
+        return min(waits, default=POLL)
 
     def _earliest_reopening(
         self, table: RoutingTable, route: Pool, request: ProxyRequest
@@ -323,6 +440,33 @@ class Dispatcher:
         return AllDown(
             message, retry_after=wait or 1.0, rate_limited=rate_limited, attempts=progress.attempts
         )
+
+
+def _refused_for(gates: Sequence[Gate], tokens: int) -> float | None:
+    refusal = blocking(gates, tokens)
+    return None if refusal is None else max(refusal.retry_in, POLL)
+
+
+def usage_of(body: bytes) -> int | None:
+    """Total tokens in a JSON answer's ``usage``, when it has one."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    usage = data.get("usage") if isinstance(data, dict) else None
+    return tokens_in(usage) if isinstance(usage, dict) else None
+
+
+def tokens_in(usage: Mapping[str, Any]) -> int | None:
+    total = usage.get("total_tokens")
+    if isinstance(total, int):
+        return total
+    parts = [
+        usage.get(k)
+        for k in ("prompt_tokens", "completion_tokens", "input_tokens", "output_tokens")
+    ]
+    counted = [p for p in parts if isinstance(p, int)]
+    return sum(counted) if counted else None
 
 
 def _json_body(body: bytes, model: str) -> bytes:

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from modelpool.breaker import Breaker, State
+
+if TYPE_CHECKING:  # the table is only read, at scrape time
+    from modelpool.table import RoutingTable
 
 
 class Metrics:
@@ -52,6 +56,20 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.rejections = Counter(
+            "modelpool_rejections",
+            "Requests turned away for capacity, by pool and reason (queue_full, queue_timeout).",
+            ["pool", "reason"],
+            registry=self.registry,
+        )
+        self.queue_wait = Histogram(
+            "modelpool_queue_wait_seconds",
+            "Time requests spent waiting in a pool's line for capacity.",
+            ["pool"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=self.registry,
+        )
+
     def watch_breakers(self, models: Callable[[], Iterable[tuple[str, Breaker]]]) -> None:
         """Expose every breaker's state, read at scrape time (nothing on the hot path)."""
         self.registry.register(_BreakerCollector(models))
@@ -59,6 +77,39 @@ class Metrics:
     def watch_health(self, providers: Callable[[], Iterable[tuple[str, str]]]) -> None:
         """Expose each provider's latest health-probe status, read at scrape time."""
         self.registry.register(_HealthCollector(providers))
+
+
+def watch_capacity_of(metrics: Metrics, table: Callable[[], RoutingTable]) -> None:
+    """In-flight, queue depth and limit headroom, read at scrape time from the table."""
+    metrics.registry.register(_CapacityCollector(table))
+
+
+class _CapacityCollector(Collector):
+    def __init__(self, table: Callable[[], RoutingTable]) -> None:
+        self._table = table
+
+    def collect(self) -> Iterator[Metric]:
+        table = self._table()
+        in_flight = GaugeMetricFamily(
+            "modelpool_in_flight", "Requests in flight per model.", labels=["model"]
+        )
+        depth = GaugeMetricFamily(
+            "modelpool_queue_depth", "Requests waiting in a pool's line.", labels=["pool"]
+        )
+        headroom = GaugeMetricFamily(
+            "modelpool_limit_headroom",
+            "What is left of each configured limit (requests or tokens).",
+            labels=["level", "name", "kind"],
+        )
+        for name, model in table.models.items():
+            in_flight.add_metric([name], model.state.in_flight)
+            for gate in model.state.limits.gates(model.spec.limits):
+                headroom.add_metric(["model", name, gate.kind], gate.headroom())
+        for name, pool in table.pools.items():
+            depth.add_metric([name], pool.state.queue.depth)
+            for gate in pool.state.limits.gates(pool.limits):
+                headroom.add_metric(["pool", name, gate.kind], gate.headroom())
+        yield from (in_flight, depth, headroom)
 
 
 _STATE_VALUE = {State.CLOSED: 0, State.OPEN: 1, State.HALF_OPEN: 2}

@@ -126,6 +126,7 @@ class Reloader:
         self._registry.reconcile(
             (model.identity for model in table.models.values()),
             (pool.state_key for pool in table.routes.values()),
+            table.config.clients,
         )
         await self._transports.reconcile(_endpoints(table))
 

@@ -48,3 +48,46 @@ def error_in(kind: str, data: bytes) -> dict[str, Any] | None:
     if kind == "error" or payload.get("type") == "error":
         return {"message": str(error or payload.get("message") or "error event")}
     return None
+
+
+def stream_usage(chunk: bytes) -> int | None:
+    """Total tokens from a ``usage`` object in this chunk's data lines, if one is complete here."""
+    for line in chunk.split(b"\n"):
+        if not line.startswith(b"data:") or b'"usage"' not in line:
+            continue
+        try:
+            payload = orjson.loads(line[5:])
+        except orjson.JSONDecodeError:
+            continue
+        usage = payload.get("usage") if isinstance(payload, dict) else None
+        if isinstance(usage, dict):
+            total = usage.get("total_tokens")
+            if isinstance(total, int):
+                return total
+            counted = [v for k, v in usage.items() if k.endswith("_tokens") and isinstance(v, int)]
+            return sum(counted) if counted else None
+    return None
+
+
+class UsageScan:
+    """The stream's ``usage`` total, found in whole lines however the reads split them.
+
+    A usage event can arrive in the same read as the first event (the head)
+    or be cut across two reads; only complete lines are parsed, the
+    unfinished last line is kept for the next read.
+    """
+
+    __slots__ = ("partial", "total")
+
+    def __init__(self) -> None:
+        self.partial = b""
+        self.total: int | None = None
+
+    def feed(self, chunk: bytes) -> None:
+        if self.partial:
+            chunk = self.partial + chunk
+        end = chunk.rfind(b"\n") + 1
+        rest = chunk[end:]
+        self.partial = rest if len(rest) <= MAX_HEAD else b""
+        if end and chunk.find(b'"usage"', 0, end) >= 0:
+            self.total = stream_usage(chunk[:end]) or self.total

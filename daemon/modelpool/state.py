@@ -15,7 +15,9 @@ from dataclasses import dataclass
 
 from modelpool.breaker import Breaker
 from modelpool.clock import Clock, SystemClock
+from modelpool.limits import LimitState
 from modelpool.retry import RetryBudget
+from modelpool.waitqueue import WaitQueue
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +37,7 @@ class ModelState:
         "identity",
         "in_flight",
         "latency_ewma",
+        "limits",
         "on_idle",
         "requests",
     )
@@ -42,6 +45,7 @@ class ModelState:
     def __init__(self, identity: ModelIdentity, clock: Clock) -> None:
         self.identity = identity
         self.breaker = Breaker(clock)
+        self.limits = LimitState(clock)
         self.in_flight = 0
         self.requests = 0
         self.errors = 0
@@ -66,13 +70,15 @@ class ModelState:
 
 
 class PoolState:
-    """Per-pool runtime state: the round-robin cursor and the retry budget."""
+    """Per-pool runtime state: round-robin cursor, retry budget, limits, waiting line."""
 
-    __slots__ = ("budget", "cursor")
+    __slots__ = ("budget", "cursor", "limits", "queue")
 
     def __init__(self, clock: Clock) -> None:
         self.cursor = 0
         self.budget = RetryBudget(clock)
+        self.limits = LimitState(clock)
+        self.queue = WaitQueue()
 
     def advance(self) -> int:
         """A fresh position for this request (wraps freely; callers take a modulo)."""
@@ -93,6 +99,7 @@ class StateRegistry:
         self._clock: Clock = clock or SystemClock()
         self._models: dict[ModelIdentity, ModelState] = {}
         self._pools: dict[str, PoolState] = {}
+        self._clients: dict[str, LimitState] = {}
 
     def model(self, identity: ModelIdentity) -> ModelState:
         state = self._models.get(identity)
@@ -107,13 +114,25 @@ class StateRegistry:
             state = self._pools[name] = PoolState(self._clock)
         return state
 
+    def client(self, name: str) -> LimitState:
+        """A client's limits, kept across reloads while the client exists."""
+        state = self._clients.get(name)
+        if state is None:
+            state = self._clients[name] = LimitState(self._clock)
+        return state
+
     def models(self) -> list[ModelState]:
         return list(self._models.values())
 
     def pools(self) -> list[str]:
         return list(self._pools)
 
-    def reconcile(self, live_models: Iterable[ModelIdentity], live_pools: Iterable[str]) -> None:
+    def reconcile(
+        self,
+        live_models: Iterable[ModelIdentity],
+        live_pools: Iterable[str],
+        live_clients: Iterable[str] = (),
+    ) -> None:
         """Release state no table refers to any more, now or when its last request ends."""
         keep = set(live_models)
         for identity, state in list(self._models.items()):
@@ -127,6 +146,10 @@ class StateRegistry:
         for name in list(self._pools):
             if name not in pools:
                 del self._pools[name]
+        clients = set(live_clients)
+        for name in list(self._clients):
+            if name not in clients:
+                del self._clients[name]
 
     def _release(self, state: ModelState) -> None:
         if self._models.get(state.identity) is state:

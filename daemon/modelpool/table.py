@@ -13,17 +13,22 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from modelpool.auth import Authenticator
-from modelpool.balance import Strategy
+from modelpool.balance import NO_HINT, Strategy
 from modelpool.config.spec import (
     Config,
+    Limits,
     ModelSpec,
     PoolSpec,
+    Price,
     ProviderSpec,
+    QueuePolicy,
     RetryPolicy,
     Timeouts,
 )
+from modelpool.limits import LimitState
 from modelpool.providers.base import Provider
 from modelpool.state import ModelIdentity, ModelState, PoolState
+from modelpool.tokens import Estimate
 from modelpool.upstream import HttpTransport
 
 
@@ -57,6 +62,20 @@ class Member:
     priority: int
     timeouts: Timeouts
 
+    # What the strategies read (balance.Candidate): the model's live state and price.
+
+    @property
+    def in_flight(self) -> int:
+        return self.model.state.in_flight
+
+    @property
+    def latency(self) -> float | None:
+        return self.model.state.latency_ewma
+
+    @property
+    def price(self) -> Price | None:
+        return self.model.spec.price
+
 
 @dataclass(frozen=True, slots=True, eq=False)
 class Pool:
@@ -73,15 +92,17 @@ class Pool:
     retry: RetryPolicy
     state_key: str
     """Where this pool's runtime state lives in the StateRegistry."""
+    limits: Limits
+    queue: QueuePolicy
 
     @property
     def attempts(self) -> int:
         """Upstream tries per client request, across the whole chain, the first included."""
         return self.retry.attempts
 
-    def order(self, rng: random.Random) -> list[Member]:
-        """Members in the order this request should try them."""
-        return self.strategy(self.members, self.state.advance(), rng)
+    def order(self, rng: random.Random, hint: Estimate = NO_HINT) -> list[Member]:
+        """Members in the order this request (of ``hint``'s estimated size) should try them."""
+        return self.strategy(self.members, self.state.advance(), rng, hint)
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -93,6 +114,8 @@ class RoutingTable:
     routes: Mapping[str, Pool]
     """Declared pools plus one implicit route per model: what `model` may name."""
     authenticator: Authenticator
+    client_limits: Mapping[str, LimitState]
+    """Each client's long-lived limit state, by client name."""
 
 
 class TableHolder:
