@@ -83,6 +83,8 @@ class WrkResult:
     max_ms: float
     requests: int
     errors: int
+    non2xx: int = 0
+    """Answers with a status other than 2xx/3xx (counted in ``errors`` too)."""
 
 
 def wrk(
@@ -127,6 +129,7 @@ def wrk(
         max_ms=raw["max_us"] / 1000,
         requests=raw["requests"],
         errors=errors,
+        non2xx=raw["status"],
     )
 
 

@@ -197,16 +197,39 @@ class Dispatcher:
     async def _enter(
         self, table: RoutingTable, route: Pool, request: ProxyRequest, tokens: int, lease: Lease
     ) -> None:
-        """Take the request-level limits (client, then pool), waiting in line while refused."""
-        gates = [*route.state.limits.gates(route.limits)]
+        """Take the request-level limits (client, then pool), waiting while refused.
+
+        A client over its own limit waits *outside* the pool's line, so it never
+        holds up other clients queued behind it. In the line, a newcomer also
+        queues when the head could go now: the capacity that just freed is the
+        head's (first come, first served).
+        """
         client = request.client
+        own: Sequence[Gate] = ()
         if client is not None and client.name in table.client_limits:
-            gates += table.client_limits[client.name].gates(client.limits)
-        if not gates:
-            return
-        if blocking(gates, tokens) is not None:
-            await self._queue(route, lambda: _refused_for(gates, tokens))
-        await take_all(gates, tokens, lease)
+            own = table.client_limits[client.name].gates(client.limits)
+            if own and blocking(own, tokens) is not None:
+                await self._client_wait(route, client.name, own, tokens)
+        gates = [*route.state.limits.gates(route.limits), *own]
+        refused = bool(gates) and blocking(gates, tokens) is not None
+        if refused or route.state.queue.barred():
+            await self._queue(route, lambda: self._room(table, route, request, tokens, gates))
+        if gates:
+            await take_all(gates, tokens, lease)
+
+    async def _client_wait(
+        self, route: Pool, client: str, gates: Sequence[Gate], tokens: int
+    ) -> None:
+        """Wait (up to the pool's queue timeout) for the client's own limits to admit it."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + route.queue.timeout
+        while (wait := _refused_for(gates, tokens)) is not None:
+            remaining = deadline - loop.time()
+            if wait > remaining:  # cannot be admitted in time: say so at once
+                self._metrics.rejections.labels(pool=route.name, reason="client_limit").inc()
+                message = f"client {client!r} is over its own limits; retry later"
+                raise NoCapacity(message, retry_after=wait)
+            await self._sleep(min(wait, remaining, POLL))
 
     @asynccontextmanager
     async def _walk(
@@ -401,17 +424,50 @@ class Dispatcher:
         await self._sleep(wait)
         return True
 
-    def _member_wait(
-        self, table: RoutingTable, route: Pool, request: ProxyRequest, tokens: int
+    def _room(
+        self,
+        table: RoutingTable,
+        route: Pool,
+        request: ProxyRequest,
+        tokens: int,
+        gates: Sequence[Gate],
     ) -> float | None:
-        """None when some member could take the request now, else the shortest wait."""
+        """None when a request may leave the line: its request-level limits admit it and
+        some member has room (or none is merely limited: the walk then says what is wrong)."""
+        refused = _refused_for(gates, tokens)
+        if refused is not None:
+            return refused
+        try:
+            return self._member_wait(table, route, request, tokens, limited_only=True)
+        except BadRequest:  # no member can ever serve it: leave, and let the walk say so
+            return None
+
+    def _member_wait(
+        self,
+        table: RoutingTable,
+        route: Pool,
+        request: ProxyRequest,
+        tokens: int,
+        *,
+        limited_only: bool = False,
+    ) -> float | None:
+        """None when some member could take the request now, else the shortest wait.
+
+        ``limited_only``: members whose breaker is open are not waited for, and
+        when every member is down there is nothing to wait for (None).
+        """
         waits: list[float] = []
         for _, member in self.candidates(table, route, request.capabilities):
             model = member.model
+            available = model.state.breaker.available()
+            if limited_only and not available:
+                continue
             refused = _refused_for(model.state.limits.gates(model.spec.limits), tokens)
-            if model.state.breaker.available() and refused is None and not model.saturated:
+            if available and refused is None and not model.saturated:
                 return None
             waits.append(max(model.state.breaker.retry_in(), refused or POLL))
+        if limited_only and not waits:
+            return None
         return min(waits, default=POLL)
 
     def _earliest_reopening(

@@ -121,6 +121,10 @@ class FakeUpstream:
         self._arrived = asyncio.Condition()
         self._runner: web.AppRunner | None = None
         self.port = 0
+        self.in_flight = 0
+        """Requests being handled right now."""
+        self.peak_in_flight = 0
+        """The most requests ever handled at once."""
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -183,12 +187,15 @@ class FakeUpstream:
             self.requests.append(received)
             self._arrived.notify_all()
         reply = self._next_reply(request.path)
+        self.in_flight += 1
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
         try:
             return await self._respond(request, received, reply)
         except (asyncio.CancelledError, ConnectionResetError):
             received.closed.set()
             raise
         finally:
+            self.in_flight -= 1
             received.done.set()
 
     async def _respond(

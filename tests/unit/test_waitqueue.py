@@ -60,3 +60,33 @@ async def test_no_wait_when_admissible() -> None:
     queue = WaitQueue()
     await queue.wait(QueuePolicy(max_waiting=1, timeout=1), lambda: None)
     assert queue.depth == 0
+
+
+async def test_a_newcomer_is_barred_while_the_head_could_go() -> None:
+    queue = WaitQueue()
+    free = [0]
+    assert not queue.barred()  # nobody waiting
+
+    def blocked() -> float | None:
+        return None if free[0] > 0 else 1.0
+
+    head = asyncio.create_task(queue.wait(QueuePolicy(max_waiting=5, timeout=5), blocked))
+    await asyncio.sleep(0.01)
+    assert not queue.barred()  # the head cannot go either: a newcomer that can, may
+    free[0] = 1  # capacity frees, nobody notified the head yet
+    assert queue.barred()  # it is the head's; asking also woke the head
+    async with asyncio.timeout(0.03):  # well before the head's own 50 ms poll
+        await head
+    assert queue.depth == 0
+    assert not queue.barred()
+
+
+async def test_a_blocked_head_does_not_bar_newcomers() -> None:
+    """A head waiting for a limit of its own (its client's rpm) holds up nobody outside the line."""
+    queue = WaitQueue()
+    head = asyncio.create_task(queue.wait(QueuePolicy(max_waiting=5, timeout=5), lambda: 30.0))
+    await asyncio.sleep(0.01)
+    assert not queue.barred()
+    head.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await head
