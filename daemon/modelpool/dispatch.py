@@ -25,8 +25,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
+from modelpool.answers import json_body, stream_head, usage_of
 from modelpool.balance import NO_HINT
 from modelpool.clock import Clock
 from modelpool.config.spec import ClientSpec
@@ -37,14 +36,11 @@ from modelpool.errors import (
     NoCapacity,
     RouteNotFound,
     UpstreamError,
-    UpstreamStatusError,
-    UpstreamStreamBroken,
 )
 from modelpool.limits import Gate, Lease, blocking, take_all
 from modelpool.metrics import Metrics
 from modelpool.providers.base import Call, UpstreamResponse
 from modelpool.retry import backoff, judge
-from modelpool.sse import MAX_HEAD, error_in, first_event
 from modelpool.table import Member, Pool, RoutingTable
 from modelpool.tokens import Estimate, estimate
 from modelpool.waitqueue import POLL, QueueFull, QueueTimeout
@@ -395,9 +391,9 @@ class Dispatcher:
         response = await model.adapter.send(call)
         try:
             if not request.stream:
-                return response, _json_body(await response.read(), model.name), None
+                return response, json_body(await response.read(), model.name), None
             rest = aiter(response.chunks())
-            return response, await _stream_head(rest, model.name), rest
+            return response, await stream_head(rest, model.name), rest
         except BaseException:
             response.close()
             raise
@@ -501,76 +497,3 @@ class Dispatcher:
 def _refused_for(gates: Sequence[Gate], tokens: int) -> float | None:
     refusal = blocking(gates, tokens)
     return None if refusal is None else max(refusal.retry_in, POLL)
-
-
-def usage_of(body: bytes) -> int | None:
-    """Total tokens in a JSON answer's ``usage``, when it has one."""
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return None
-    usage = data.get("usage") if isinstance(data, dict) else None
-    return tokens_in(usage) if isinstance(usage, dict) else None
-
-
-def tokens_in(usage: Mapping[str, Any]) -> int | None:
-    total = usage.get("total_tokens")
-    if isinstance(total, int):
-        return total
-    parts = [
-        usage.get(k)
-        for k in ("prompt_tokens", "completion_tokens", "input_tokens", "output_tokens")
-    ]
-    counted = [p for p in parts if isinstance(p, int)]
-    return sum(counted) if counted else None
-
-
-def _json_body(body: bytes, model: str) -> bytes:
-    """A 200 whose body is not JSON, or is an error object, is an upstream failure."""
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        message = f"{model}: upstream answered 200 with a body that is not JSON"
-        raise UpstreamStatusError(message, status=502, body=b"", model=model) from None
-    error = data.get("error") if isinstance(data, dict) else None
-    if isinstance(error, dict):
-        raise _stream_error(error, body, model, where="upstream answered 200 with an error")
-    return body
-
-
-async def _stream_head(rest: AsyncIterator[bytes], model: str) -> bytes:
-    """Read up to the stream's first event; an error event there is a failed attempt."""
-    head = b""
-    while len(head) < MAX_HEAD:
-        chunk = await anext(rest, b"")
-        if not chunk:
-            break
-        head += chunk
-        event = first_event(head)
-        if event is not None:
-            error = error_in(*event)
-            if error is not None:
-                raise _stream_error(error, event[1], model)
-            return head
-    if not head:
-        raise UpstreamStreamBroken(f"{model}: stream ended before any data", model=model)
-    return head
-
-
-_ERROR_TYPES = {
-    "invalid_request_error": 400,
-    "rate_limit_error": 429,
-    "overloaded_error": 529,
-    "api_error": 500,
-    "server_error": 500,
-}
-
-
-def _stream_error(
-    error: dict[str, Any], data: bytes, model: str, where: str = "error event before any content"
-) -> UpstreamStatusError:
-    code = error.get("code")
-    status = code if isinstance(code, int) and 400 <= code <= 599 else None
-    status = status or _ERROR_TYPES.get(str(error.get("type")), 502)
-    message = f"{model}: {where}: {error.get('message', '')}"
-    return UpstreamStatusError(message, status=status, body=data, model=model)
