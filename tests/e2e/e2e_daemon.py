@@ -115,7 +115,7 @@ class Daemon:
             ) from None
 
 
-def _listening_url(stdout_path: Path) -> str | None:
+def listening_url(stdout_path: Path) -> str | None:
     for line in stdout_path.read_text().splitlines():
         try:
             entry = json.loads(line)
@@ -141,7 +141,7 @@ def start_daemon(config: Path, log_dir: Path, *extra: str) -> Daemon:
         )
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
-        url = _listening_url(stdout_path)
+        url = listening_url(stdout_path)
         if url is not None:
             return Daemon(url, process, stdout_path, stderr_path)
         if process.poll() is not None:

@@ -16,8 +16,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import signal
-import subprocess
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -28,7 +26,8 @@ from typing import Any
 import aiohttp
 import pytest
 import yaml
-from e2e_daemon import REPO, START_TIMEOUT, STOP_TIMEOUT, DaemonFactory, modelpool_command
+from e2e_daemon import DaemonFactory
+from fake_upstreams import Fake, start_fakes, stop_fakes
 
 pytestmark = pytest.mark.e2e
 
@@ -42,69 +41,13 @@ MARGIN_S = 1.0
 CLIENT_TIMEOUT_S = 10.0
 
 
-@dataclass
-class Fake:
-    name: str
-    process: subprocess.Popen[bytes]
-    stdout: Path
-    stderr: Path
-    url: str = ""
-
-    def output(self) -> str:
-        return f"--- {self.name}\n{self.stdout.read_text()}{self.stderr.read_text()}"
-
-
-def _listening(path: Path) -> str:
-    for line in path.read_text().splitlines():
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(entry, dict) and entry.get("msg") == "listening":
-            return str(entry["url"])
-    return ""
-
-
-def stop(fakes: Sequence[Fake]) -> list[str]:
-    """SIGTERM each fake by its PID; return what went wrong (a stuck one is killed by PID)."""
-    for fake in fakes:
-        if fake.process.poll() is None:
-            fake.process.send_signal(signal.SIGTERM)
-    failures = []
-    for fake in fakes:
-        try:
-            code: int | None = fake.process.wait(timeout=STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            fake.process.kill()  # by PID: only a process this test started
-            fake.process.wait(timeout=STOP_TIMEOUT)
-            code = None
-        if code != 0:
-            failures.append(f"{fake.name} exited with {code}\n{fake.output()}")
-    return failures
-
-
 @pytest.fixture
 def fakes(tmp_path: Path, latency: str) -> Iterator[list[Fake]]:
-    started: list[Fake] = []
+    started = start_fakes(tmp_path, 2, fault=f"latency={latency}")
     try:
-        for i in (1, 2):
-            out, err = tmp_path / f"fake{i}.stdout", tmp_path / f"fake{i}.stderr"
-            args = ["fake-upstream", "--listen", "127.0.0.1:0", "--fault", f"latency={latency}"]
-            with out.open("wb") as o, err.open("wb") as e:
-                process = subprocess.Popen(
-                    modelpool_command(*args), stdout=o, stderr=e, stdin=subprocess.DEVNULL, cwd=REPO
-                )
-            started.append(Fake(f"u{i}", process, out, err))
-        deadline = time.monotonic() + START_TIMEOUT
-        for fake in started:
-            while not fake.url and time.monotonic() < deadline and fake.process.poll() is None:
-                fake.url = _listening(fake.stdout)
-                time.sleep(0.02)
-            assert fake.url, f"{fake.name} did not log 'listening'\n{fake.output()}"
         yield started
     finally:
-        failures = stop(started)
-    assert not failures, "\n".join(failures)
+        stop_fakes(started)
 
 
 def burst_config(fakes: Sequence[Fake]) -> dict[str, Any]:

@@ -19,11 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import math
 import re
-import signal
-import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -34,7 +31,8 @@ import aiohttp
 import orjson
 import pytest
 import yaml
-from e2e_daemon import REPO, START_TIMEOUT, STOP_TIMEOUT, Daemon, DaemonFactory, modelpool_command
+from e2e_daemon import Daemon, DaemonFactory
+from fake_upstreams import Fake, start_fakes, stop_fakes
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -62,73 +60,6 @@ BODY = {"model": "p", "messages": [{"role": "user", "content": "hello chaos"}]}
 
 
 # --------------------------------------------------------------------------- processes
-
-
-@dataclass
-class Fake:
-    """One `modelpool fake-upstream` process."""
-
-    name: str
-    process: subprocess.Popen[bytes]
-    stdout: Path
-    stderr: Path
-    url: str = ""
-
-    def output(self) -> str:
-        out, err = self.stdout.read_text(), self.stderr.read_text()
-        return f"--- {self.name} stdout\n{out}--- stderr\n{err}"
-
-
-def _log_url(path: Path) -> str | None:
-    for line in path.read_text().splitlines():
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(entry, dict) and entry.get("msg") == "listening":
-            url: str = entry["url"]
-            return url
-    return None
-
-
-def start_fakes(directory: Path, count: int) -> list[Fake]:
-    """Start ``count`` fakes at once, then wait (bounded) for each one's listening line."""
-    fakes = []
-    for i in range(1, count + 1):
-        stdout, stderr = directory / f"fake{i}.stdout", directory / f"fake{i}.stderr"
-        args = ["fake-upstream", "--listen", "127.0.0.1:0", "--fault", "ok"]
-        with stdout.open("wb") as out, stderr.open("wb") as err:
-            process = subprocess.Popen(
-                modelpool_command(*args), stdout=out, stderr=err, stdin=subprocess.DEVNULL, cwd=REPO
-            )
-        fakes.append(Fake(f"u{i}", process, stdout, stderr))
-    deadline = time.monotonic() + START_TIMEOUT
-    for fake in fakes:
-        while not fake.url and time.monotonic() < deadline and fake.process.poll() is None:
-            fake.url = _log_url(fake.stdout) or ""
-            time.sleep(0.02)
-        if not fake.url:
-            stop_fakes(fakes, check=False)
-            raise AssertionError(f"{fake.name} did not log 'listening'\n{fake.output()}")
-    return fakes
-
-
-def stop_fakes(fakes: Sequence[Fake], *, check: bool = True) -> None:
-    """SIGTERM each fake by its PID; each must exit 0 (a stuck one is killed, by PID)."""
-    for fake in fakes:
-        if fake.process.poll() is None:
-            fake.process.send_signal(signal.SIGTERM)
-    failures = []
-    for fake in fakes:
-        try:
-            code = fake.process.wait(timeout=STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            fake.process.kill()  # by PID: only a process this test started
-            fake.process.wait(timeout=STOP_TIMEOUT)
-            code = None
-        if code != 0:
-            failures.append(f"{fake.name} exited with {code} after SIGTERM\n{fake.output()}")
-    assert not check or not failures, "\n".join(failures)
 
 
 @pytest.fixture(scope="module")
