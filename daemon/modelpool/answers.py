@@ -8,7 +8,7 @@ from reading a stream's head.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
@@ -17,39 +17,20 @@ from modelpool.errors import UpstreamStatusError, UpstreamStreamBroken
 from modelpool.sse import MAX_HEAD, error_in, first_event
 
 
-def usage_of(body: bytes) -> int | None:
-    """Total tokens in a JSON answer's ``usage``, when it has one."""
+def json_answer(body: bytes, model: str) -> dict[str, Any]:
+    """The answer's JSON object. A 200 whose body is not a JSON object, or is an
+    error object (either API's shape), is an upstream failure."""
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
-        return None
-    usage = data.get("usage") if isinstance(data, dict) else None
-    return tokens_in(usage) if isinstance(usage, dict) else None
-
-
-def tokens_in(usage: Mapping[str, Any]) -> int | None:
-    total = usage.get("total_tokens")
-    if isinstance(total, int):
-        return total
-    parts = [
-        usage.get(k)
-        for k in ("prompt_tokens", "completion_tokens", "input_tokens", "output_tokens")
-    ]
-    counted = [p for p in parts if isinstance(p, int)]
-    return sum(counted) if counted else None
-
-
-def json_body(body: bytes, model: str) -> bytes:
-    """A 200 whose body is not JSON, or is an error object, is an upstream failure."""
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        message = f"{model}: upstream answered 200 with a body that is not JSON"
-        raise UpstreamStatusError(message, status=502, body=b"", model=model) from None
-    error = data.get("error") if isinstance(data, dict) else None
+        data = None
+    if not isinstance(data, dict):
+        message = f"{model}: upstream answered 200 with a body that is not a JSON object"
+        raise UpstreamStatusError(message, status=502, body=b"", model=model)
+    error = data.get("error")
     if isinstance(error, dict):
         raise stream_error(error, body, model, where="upstream answered 200 with an error")
-    return body
+    return data
 
 
 async def stream_head(rest: AsyncIterator[bytes], model: str) -> bytes:

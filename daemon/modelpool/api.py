@@ -1,8 +1,10 @@
-"""Thin aiohttp handlers for the OpenAI-compatible ingress endpoints.
+"""Thin aiohttp handlers for the ingress endpoints: OpenAI's and Anthropic's Messages.
 
 A handler reads and checks the body, takes the routing table once, hands the
 request to the dispatcher and relays what comes back. Streams are written
-chunk by chunk as they arrive; nothing is buffered.
+chunk by chunk as they arrive; nothing is buffered. Which API the client
+speaks decides only the checks here: translation is the dispatcher's
+business (``modelpool.bridge``), error formats ``api_errors``'.
 """
 
 from __future__ import annotations
@@ -13,11 +15,13 @@ import orjson
 from aiohttp import web
 
 from modelpool.auth import authorize
-from modelpool.dispatch import Dispatcher, ProxyRequest, Served
+from modelpool.dispatch import Dispatcher, Served
 from modelpool.errors import BadRequest, PayloadTooLarge, UpstreamError
+from modelpool.providers.anthropic import FORWARDED
 from modelpool.registry_view import models_listing
-from modelpool.sse import UsageScan
+from modelpool.request import ProxyRequest, forwarded_headers
 from modelpool.table import TableHolder
+from modelpool.tokens import estimate
 
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
@@ -50,13 +54,22 @@ def _require(body: dict[str, Any], key: str, kinds: tuple[type, ...], what: str)
         raise BadRequest(f"{key!r} must be {what}", param=key)
 
 
+def _require_messages(body: dict[str, Any]) -> None:
+    _require(body, "messages", (list,), "a list of messages")
+    if not body["messages"] or not all(isinstance(m, dict) for m in body["messages"]):
+        raise BadRequest("'messages' must be a non-empty list of objects", param="messages")
+
+
 def check_body(endpoint: str, body: dict[str, Any]) -> bool:
     """Validate what routing needs; return whether the client asked for a stream."""
     _require(body, "model", (str,), "a string naming a pool or model")
     if endpoint == "chat":
-        _require(body, "messages", (list,), "a list of messages")
-        if not body["messages"] or not all(isinstance(m, dict) for m in body["messages"]):
-            raise BadRequest("'messages' must be a non-empty list of objects", param="messages")
+        _require_messages(body)
+    elif endpoint == "messages":
+        _require_messages(body)
+        _require(body, "max_tokens", (int,), "a positive integer")
+        if body["max_tokens"] < 1:
+            raise BadRequest("'max_tokens' must be a positive integer", param="max_tokens")
     elif endpoint == "completions":
         _require(body, "prompt", (str, list), "a string or a list")
     else:
@@ -79,6 +92,8 @@ class ProxyApi:
             web.post("/v1/chat/completions", self.chat),
             web.post("/v1/completions", self.completions),
             web.post("/v1/embeddings", self.embeddings),
+            web.post("/v1/messages", self.messages),
+            web.post("/v1/messages/count_tokens", self.count_tokens),
             web.get("/v1/models", self.models),
         ]
 
@@ -91,6 +106,24 @@ class ProxyApi:
     async def embeddings(self, request: web.Request) -> web.StreamResponse:
         return await self._proxy(request, "embeddings")
 
+    async def messages(self, request: web.Request) -> web.StreamResponse:
+        return await self._proxy(request, "messages")
+
+    async def count_tokens(self, request: web.Request) -> web.Response:
+        """Anthropic's token counter, answered from modelpool's own estimate (no upstream
+        call, so it is free and instant; ``x-modelpool-estimate: true`` says what it is)."""
+        table = self._holder.current
+        client = table.authenticator.authenticate(request.headers)
+        body = await read_json(request, table.config.server.max_body_bytes)
+        _require(body, "model", (str,), "a string naming a pool or model")
+        _require_messages(body)
+        authorize(client, body["model"])
+        self._dispatcher.resolve(table, body["model"])
+        tokens = estimate("messages", body).input_tokens
+        return web.json_response(
+            {"input_tokens": tokens}, headers={"x-modelpool-estimate": "true"}, dumps=_dumps
+        )
+
     async def models(self, request: web.Request) -> web.Response:
         table = self._holder.current
         client = table.authenticator.authenticate(request.headers)
@@ -102,7 +135,8 @@ class ProxyApi:
         body = await read_json(request, table.config.server.max_body_bytes)
         stream = check_body(endpoint, body)
         authorize(client, body["model"])
-        proxy_request = ProxyRequest(endpoint, body["model"], body, stream, client)
+        forwarded = forwarded_headers(request.headers, FORWARDED)
+        proxy_request = ProxyRequest(endpoint, body["model"], body, stream, client, forwarded)
         async with self._dispatcher.serve(table, proxy_request) as served:
             headers = {
                 "x-modelpool-pool": served.pool,
@@ -123,23 +157,23 @@ async def _relay(
     response = web.StreamResponse(headers={**headers, **STREAM_HEADERS})
     response.content_type = "text/event-stream"
     await response.prepare(request)
-    await response.write(served.body)
-    assert served.rest is not None
-    usage = UsageScan()
-    usage.feed(served.body)  # a short stream's usage can come in the same read as its head
-    served.used_tokens = usage.total or served.used_tokens
+    if served.body:
+        await response.write(served.body)
+    relay, rest = served.relay, served.rest
+    assert relay is not None
+    assert rest is not None
     try:
-        async for chunk in served.rest:
-            await response.write(chunk)
-            usage.feed(chunk)
-            served.used_tokens = usage.total or served.used_tokens
+        async for chunk in rest:
+            out = relay.feed(chunk)
+            if out:
+                await response.write(out)
+        tail = relay.close()
     except UpstreamError as exc:
         # Bytes already went out: the status can't change, so say it in the stream.
         served.broken = exc
-        error = {
-            "error": {"message": exc.message, "type": "api_error", "code": "upstream_stream_error"}
-        }
-        await response.write(b"data: " + orjson.dumps(error) + b"\n\n")
+        tail = relay.fail(exc.message)
+    if tail:
+        await response.write(tail)
     await response.write_eof()
     return response
 

@@ -20,10 +20,11 @@ from modelpool.config.spec import (
     RetryPolicy,
 )
 from modelpool.config.spec import frozen as freeze
-from modelpool.errors import UpstreamConnectError
-from modelpool.providers.base import Call, Provider, UpstreamResponse
+from modelpool.providers import anthropic, openai
+from modelpool.providers.anthropic import AnthropicProvider
+from modelpool.providers.base import Provider
 from modelpool.providers.mock import MockProvider
-from modelpool.providers.openai import OpenAIProvider, api_root
+from modelpool.providers.openai import OpenAIProvider
 from modelpool.state import ModelIdentity, StateRegistry
 from modelpool.table import Member, Model, Pool, RoutingTable
 from modelpool.upstream import Transports
@@ -34,6 +35,8 @@ NONE = Limits()
 QUEUE = QueuePolicy()
 
 OPENAI_DIALECT = frozenset({"openai", "openai_compatible", "ollama", "azure_openai"})
+ANTHROPIC_SERVES = frozenset({"chat", "stream", "tools", "vision", "json_mode", "reasoning"})
+"""What the Messages API can do: no legacy completions, no embeddings."""
 
 
 def identity_of(spec: ModelSpec, provider: ProviderSpec) -> ModelIdentity:
@@ -67,17 +70,21 @@ def compile_table(
 
 
 def transport_key(spec: ProviderSpec) -> tuple[str, int] | None:
-    """Which shared connection pool a provider's requests use."""
-    return (api_root(spec), spec.max_connections) if spec.type in OPENAI_DIALECT else None
+    """Which shared connection pool a provider's requests use (None: no HTTP, the mock)."""
+    if spec.type in OPENAI_DIALECT:
+        return openai.api_root(spec), spec.max_connections
+    if spec.type == "anthropic":
+        return anthropic.api_root(spec), spec.max_connections
+    return None
 
 
 def _adapter(spec: ProviderSpec, transports: Transports) -> Provider:
     key = transport_key(spec)
-    if spec.type == "mock":
+    if key is None:
         return MockProvider(spec)
-    if key is not None:
-        return OpenAIProvider(spec, transports.get(*key))
-    return UnsupportedProvider(spec)
+    if spec.type == "anthropic":
+        return AnthropicProvider(spec, transports.get(*key))
+    return OpenAIProvider(spec, transports.get(*key))
 
 
 def _model(
@@ -86,8 +93,13 @@ def _model(
     identity = identity_of(spec, provider)
     state = registry.model(identity)
     key = transport_key(provider)
-    transport = adapter.transport if isinstance(adapter, OpenAIProvider) else None
-    return Model(spec.name, spec, provider, adapter, identity, state, key, transport)
+    transport = (
+        adapter.transport if isinstance(adapter, OpenAIProvider | AnthropicProvider) else None
+    )
+    capabilities = spec.capabilities
+    if adapter.dialect == "anthropic":
+        capabilities &= ANTHROPIC_SERVES
+    return Model(spec.name, spec, provider, adapter, identity, state, key, capabilities, transport)
 
 
 def _pool(
@@ -130,17 +142,3 @@ def failover_chain(start: str, pools: Mapping[str, PoolSpec]) -> tuple[str, ...]
 
     visit(start)
     return tuple(chain)
-
-
-class UnsupportedProvider:
-    """A provider type whose adapter this build lacks: every call fails over cleanly."""
-
-    def __init__(self, spec: ProviderSpec) -> None:
-        self.type = spec.type
-
-    async def send(self, call: Call) -> UpstreamResponse:
-        message = f"{call.model}: provider type {self.type!r} is not supported by this build"
-        raise UpstreamConnectError(message, model=call.model)
-
-    async def aclose(self) -> None:
-        """Nothing to release."""

@@ -20,19 +20,19 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
 
-from modelpool.answers import json_body, stream_head, usage_of
+from modelpool.answers import json_answer, stream_head
 from modelpool.balance import NO_HINT
+from modelpool.bridge import Bridge, bridge_for
 from modelpool.clock import Clock
-from modelpool.config.spec import ClientSpec
 from modelpool.errors import (
     AllAttemptsFailed,
     AllDown,
     BadRequest,
+    ContextTooLong,
     NoCapacity,
     RouteNotFound,
     UpstreamError,
@@ -40,31 +40,15 @@ from modelpool.errors import (
 from modelpool.limits import Gate, Lease, blocking, take_all
 from modelpool.metrics import Metrics
 from modelpool.providers.base import Call, UpstreamResponse
+from modelpool.providers.translate import TranslationError, Usage
+from modelpool.relays import StreamRelay
+from modelpool.request import ProxyRequest
 from modelpool.retry import backoff, judge
-from modelpool.table import Member, Pool, RoutingTable
+from modelpool.table import Member, Model, Pool, RoutingTable
 from modelpool.tokens import Estimate, estimate
 from modelpool.waitqueue import POLL, QueueFull, QueueTimeout
 
-_NEEDS = {
-    (endpoint, stream): frozenset({endpoint, "stream"} if stream else {endpoint})
-    for endpoint in ("chat", "completions", "embeddings")
-    for stream in (False, True)
-}
-
-
-@dataclass(frozen=True, slots=True)
-class ProxyRequest:
-    endpoint: str
-    route: str
-    """The request's `model` field: a pool or a model name."""
-    body: Mapping[str, Any]
-    stream: bool
-    client: ClientSpec | None = None
-
-    @property
-    def capabilities(self) -> frozenset[str]:
-        """What a model must declare to serve this request."""
-        return _NEEDS[self.endpoint, self.stream]
+__all__ = ["Dispatcher", "ProxyRequest", "Served"]
 
 
 @dataclass(slots=True)
@@ -77,13 +61,26 @@ class Served:
     failovers: int
     content_type: str
     body: bytes
-    """The whole body (non-streaming) or the stream's head up to its first event."""
+    """What to send the client first: the whole answer, or the stream's head
+    (up to the upstream's first event), already in the client's API."""
     rest: AsyncIterator[bytes] | None
-    """The stream after ``body``; None when not streaming."""
+    """The upstream's stream after its head; None when not streaming."""
+    relay: StreamRelay | None = None
+    """Turns ``rest`` into the client's bytes, counting usage; None when not streaming."""
+    answer_usage: Usage | None = None
+    """The usage a whole (non-streaming) answer reported."""
     broken: UpstreamError | None = None
     """Set by the relay when the upstream broke the stream after it had started."""
-    used_tokens: int | None = None
-    """Tokens the upstream reported (body ``usage``, or a stream's usage event)."""
+
+    @property
+    def usage(self) -> Usage | None:
+        """What the upstream reported using, in the one canonical shape."""
+        return self.relay.usage if self.relay is not None else self.answer_usage
+
+    @property
+    def used_tokens(self) -> int | None:
+        usage = self.usage
+        return None if usage is None else usage.total_tokens
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,8 +92,9 @@ class _Answer:
     """Seconds from sending the attempt to having its head (time to first token)."""
     lease: Lease
     """What the attempt took from its model's limits."""
-    used_tokens: int | None
-    """Tokens the upstream reported for a whole (non-streaming) answer."""
+    relay: StreamRelay | None
+    usage: Usage | None
+    """What the upstream reported using, for a whole (non-streaming) answer."""
 
 
 @dataclass(slots=True)
@@ -109,6 +107,23 @@ class _Progress:
     """Some member was skipped only because its limits were reached."""
     last_model: str = ""
     failures: list[UpstreamError] = field(default_factory=list)
+    untranslatable: list[TranslationError] = field(default_factory=list)
+    """Members skipped because the request cannot be said in their API."""
+    outgrown: set[str] = field(default_factory=set)
+    """Models that answered that the prompt exceeds their context window."""
+    context_floor: int = 0
+    """Models whose context window is no larger than this are too small as well."""
+
+    def fits(self, model: Model, prompt_tokens: int) -> bool:
+        """Whether the prompt may fit the model's context window (unknown windows may)."""
+        if model.name in self.outgrown:
+            return False
+        window = model.spec.context_window
+        return window is None or (window > self.context_floor and window >= prompt_tokens)
+
+    def outgrow(self, model: Model) -> None:
+        self.outgrown.add(model.name)
+        self.context_floor = max(self.context_floor, model.spec.context_window or 0)
 
     def count(self, model: str) -> None:
         self.attempts += 1
@@ -139,25 +154,37 @@ class Dispatcher:
         return route
 
     def candidates(
-        self, table: RoutingTable, route: Pool, needs: frozenset[str], hint: Estimate = NO_HINT
+        self,
+        table: RoutingTable,
+        route: Pool,
+        needs: frozenset[str],
+        hint: Estimate = NO_HINT,
+        progress: _Progress | None = None,
     ) -> Iterator[tuple[str, Member]]:
         """One round of members, in order: the pool's own, then each failover pool's.
 
         Each model appears once, and only models with every capability in
-        ``needs``; when no member anywhere in the chain has them, that is the
-        client's mistake (400), not an outage. A member whose connection pool
-        is full goes to the end of the round: it is not waited on while
-        another member can serve (a hung upstream holds its connections).
+        ``needs`` whose context window can hold the prompt (``hint``) — and
+        that ``progress`` has not found too small; when no member anywhere in
+        the chain qualifies, that is the client's mistake (400), not an
+        outage. A member whose connection pool is full goes to the end of
+        the round: it is not waited on while another member can serve (a
+        hung upstream holds its connections).
         """
+        progress = progress or _Progress()
         seen: set[str] = set()
+        fitting = 0
         busy: list[tuple[str, Member]] = []
         for pool_name in route.chain:
             pool = table.routes[pool_name]
             for member in pool.order(self._rng, hint):
                 model = member.model
-                if model.name in seen or not needs <= model.spec.capabilities:
+                if model.name in seen or not needs <= model.capabilities:
                     continue
                 seen.add(model.name)
+                if not progress.fits(model, hint.input_tokens):
+                    continue
+                fitting += 1
                 if model.saturated:
                     busy.append((pool_name, member))
                 else:
@@ -167,6 +194,12 @@ class Dispatcher:
             wanted = ", ".join(sorted(needs))
             message = f"no model in {route.name!r} or its failover pools supports {wanted}"
             raise BadRequest(message, param="model")
+        if not fitting:
+            message = (
+                f"the prompt (about {hint.input_tokens} tokens) is too long for every model "
+                f"in {route.name!r} and its failover pools"
+            )
+            raise ContextTooLong(message, param="messages")
 
     @asynccontextmanager
     async def serve(self, table: RoutingTable, request: ProxyRequest) -> AsyncIterator[Served]:
@@ -238,14 +271,21 @@ class Dispatcher:
         round_ = 0
         while progress.attempts < route.attempts:
             tried_any = False
-            for pool_name, member in self.candidates(table, route, request.capabilities, guess):
+            members = self.candidates(table, route, request.capabilities, guess, progress)
+            for pool_name, member in members:
                 if progress.attempts >= route.attempts:
                     break
+                bridge = bridge_for(request, member.model)
+                try:
+                    call = bridge.call(request, member.model, member.timeouts)
+                except TranslationError as exc:
+                    progress.untranslatable.append(exc)
+                    continue
                 lease = await self._admit(route, member, progress, round_, tokens)
                 if lease is None:
                     continue
                 tried_any = True
-                attempt = await self._try(route, member, request, progress, lease)
+                attempt = await self._try(route, member, request, progress, lease, bridge, call)
                 if attempt is None:
                     continue
                 async with self._settle(member, attempt) as outcome:
@@ -257,7 +297,8 @@ class Dispatcher:
                         attempt.response.content_type,
                         attempt.head,
                         attempt.rest,
-                        used_tokens=attempt.used_tokens,
+                        attempt.relay,
+                        attempt.usage,
                     )
                     yield served
                     outcome.append(served)
@@ -316,7 +357,14 @@ class Dispatcher:
         return lease
 
     async def _try(
-        self, route: Pool, member: Member, request: ProxyRequest, progress: _Progress, lease: Lease
+        self,
+        route: Pool,
+        member: Member,
+        request: ProxyRequest,
+        progress: _Progress,
+        lease: Lease,
+        bridge: Bridge,
+        call: Call,
     ) -> _Answer | None:
         """One attempt; None when it failed in a way worth another one."""
         model = member.model
@@ -330,10 +378,12 @@ class Dispatcher:
         state.started()
         started = self._clock.now()
         try:
-            response, head, rest = await self._attempt(member, request)
+            response, head, rest, relay, usage = await self._attempt(member, request, bridge, call)
         except UpstreamError as error:
             lease.release(0)
             verdict = judge(error)
+            if verdict.kind == "context_length":
+                progress.outgrow(model)
             self._metrics.upstream_errors.labels(model=model.name, kind=verdict.kind).inc()
             if verdict.blame_model:
                 state.breaker.failed(
@@ -352,9 +402,7 @@ class Dispatcher:
             state.finished(None, ok=None)
             raise
         latency = self._clock.now() - started
-        return _Answer(
-            response, head, rest, latency, lease, usage_of(head) if rest is None else None
-        )
+        return _Answer(response, head, rest, latency, lease, relay, usage)
 
     @asynccontextmanager
     async def _settle(self, member: Member, answer: _Answer) -> AsyncIterator[list[Served]]:
@@ -383,17 +431,22 @@ class Dispatcher:
             state.finished(answer.latency if verdict else None, ok=verdict)
 
     async def _attempt(
-        self, member: Member, request: ProxyRequest
-    ) -> tuple[UpstreamResponse, bytes, AsyncIterator[bytes] | None]:
+        self, member: Member, request: ProxyRequest, bridge: Bridge, call: Call
+    ) -> tuple[
+        UpstreamResponse, bytes, AsyncIterator[bytes] | None, StreamRelay | None, Usage | None
+    ]:
+        """Send ``call`` and judge the answer up to the point the client would see it."""
         model = member.model
-        body = {**request.body, "model": model.spec.upstream_model}
-        call = Call(request.endpoint, body, request.stream, member.timeouts, model.name)
         response = await model.adapter.send(call)
         try:
             if not request.stream:
-                return response, json_body(await response.read(), model.name), None
+                raw = await response.read()
+                body, usage = bridge.answer(json_answer(raw, model.name), raw, model)
+                return response, body, None, None, usage
             rest = aiter(response.chunks())
-            return response, await stream_head(rest, model.name), rest
+            head = await stream_head(rest, model.name)
+            relay = bridge.relay(request, model)
+            return response, relay.feed(head), rest, relay, None
         except BaseException:
             response.close()
             raise
@@ -484,6 +537,11 @@ class Dispatcher:
         wait, rate_limited = self._earliest_reopening(table, route, request)
         if progress.failures:
             return AllAttemptsFailed(progress.failures, retry_after=wait or None)
+        if progress.untranslatable:
+            reason = progress.untranslatable[0]
+            return BadRequest(
+                f"no model can take this request: {reason.message}", param=reason.param
+            )
         reasons = [
             f"{member.model.name}: {member.model.state.breaker.reason or 'unavailable'}"
             for _, member in self.candidates(table, route, request.capabilities)

@@ -85,6 +85,12 @@ class BadRequest(RequestError):
     status = 400
 
 
+class ContextTooLong(BadRequest):
+    """The prompt is larger than the context window of every model that could serve it."""
+
+    code = "context_length_exceeded"
+
+
 class Unauthorized(RequestError):
     status = 401
     code = "invalid_api_key"

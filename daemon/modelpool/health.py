@@ -45,8 +45,8 @@ from modelpool.breaker import Breaker, State
 from modelpool.clock import Clock
 from modelpool.config.spec import BreakerPolicy, ProviderSpec, Timeouts
 from modelpool.errors import UpstreamError, UpstreamStatusError
+from modelpool.providers import anthropic, openai
 from modelpool.providers.base import Call, UpstreamResponse
-from modelpool.providers.openai import auth_headers, models_url
 from modelpool.retry import judge
 from modelpool.table import Model, RoutingTable
 from modelpool.upstream import Transports
@@ -210,7 +210,8 @@ def _list_probe(spec: ProviderSpec, model: Model, transports: Transports) -> Pro
     if model.transport_key is None:
         return None  # a provider type this build cannot reach: nothing to probe with
     transport = transports.get(*model.transport_key)
-    url, headers = models_url(spec), auth_headers(spec)
+    api = anthropic if spec.type == "anthropic" else openai
+    url, headers = api.models_url(spec), api.auth_headers(spec)
     timeouts = _timeouts(spec.health.timeout)
 
     async def probe() -> None:
@@ -221,7 +222,8 @@ def _list_probe(spec: ProviderSpec, model: Model, transports: Transports) -> Pro
 
 def _completion_probe(model: Model, timeout: float) -> Probe:
     body = {"model": model.spec.upstream_model, "messages": PROBE_PROMPT, "max_tokens": 1}
-    call = Call("chat", body, False, _timeouts(timeout), model.name)
+    endpoint = "messages" if model.adapter.dialect == "anthropic" else "chat"
+    call = Call(endpoint, body, False, _timeouts(timeout), model.name)
 
     async def probe() -> None:
         await _drain(await model.adapter.send(call))

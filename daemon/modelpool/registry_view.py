@@ -27,7 +27,7 @@ def _model_entry(model: Model) -> dict[str, Any]:
         "modelpool": {
             "kind": "model",
             "provider_type": model.provider.type,
-            "capabilities": sorted(spec.capabilities),
+            "capabilities": sorted(model.capabilities),
             "context_window": spec.context_window,
             "max_output_tokens": spec.max_output_tokens,
             "price": None
@@ -47,9 +47,7 @@ def _model_entry(model: Model) -> dict[str, Any]:
 def _pool_entry(pool: Pool) -> dict[str, Any]:
     models = [m.model for m in pool.members]
     windows = [m.spec.context_window for m in models if m.spec.context_window]
-    capabilities = (
-        set.intersection(*(set(m.spec.capabilities) for m in models)) if models else set()
-    )
+    capabilities = set.intersection(*(set(m.capabilities) for m in models)) if models else set()
     return {
         "id": pool.name,
         "object": "model",

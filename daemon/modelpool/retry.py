@@ -36,12 +36,33 @@ class Verdict:
     cool_for: float | None = None
     """The upstream asked for a pause of this many seconds (Retry-After)."""
     kind: str = "other"
-    """For metrics: connect, timeout, status_429, status_5xx, status_4xx, stream."""
+    """For metrics: connect, timeout, status_429, status_5xx, status_4xx, stream, context_length."""
+
+
+CONTEXT_MARKERS = (
+    "context_length_exceeded",
+    "maximum context length",
+    "context window",
+    "context length",
+    "prompt is too long",
+    "input is too long",
+)
+"""How OpenAI, Anthropic, vLLM, Ollama and friends say the prompt does not fit."""
+
+
+def context_exceeded(error: UpstreamStatusError) -> bool:
+    """A 400-class answer saying the prompt is too long for this model (another may fit it)."""
+    if error.status not in REQUEST_SCOPED_STATUS:
+        return False
+    text = (error.body[:4096].decode("utf-8", "replace") + " " + error.message).lower()
+    return any(marker in text for marker in CONTEXT_MARKERS)
 
 
 def judge(error: UpstreamError) -> Verdict:
     if isinstance(error, UpstreamStatusError):
         status = error.status
+        if context_exceeded(error):
+            return Verdict(retry=True, blame_model=False, kind="context_length")
         if status in REQUEST_SCOPED_STATUS:
             return Verdict(retry=False, blame_model=False, kind="status_4xx")
         cool = error.retry_after if status in COOLING_STATUS else None

@@ -1,4 +1,4 @@
-"""Just enough Server-Sent Events parsing to judge a stream's first event."""
+"""Server-Sent Events: judging a stream's first event, reading events, writing them."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import orjson
 
 MAX_HEAD = 64 * 1024
 """Read at most this much looking for the first event; past it, relay as is."""
+MAX_EVENT = 4 * 1024 * 1024
+"""The largest single event a translated stream buffers before calling the stream broken."""
 
 
 def first_event(buffer: bytes) -> tuple[str, bytes] | None:
@@ -50,44 +52,41 @@ def error_in(kind: str, data: bytes) -> dict[str, Any] | None:
     return None
 
 
-def stream_usage(chunk: bytes) -> int | None:
-    """Total tokens from a ``usage`` object in this chunk's data lines, if one is complete here."""
-    for line in chunk.split(b"\n"):
-        if not line.startswith(b"data:") or b'"usage"' not in line:
-            continue
-        try:
-            payload = orjson.loads(line[5:])
-        except orjson.JSONDecodeError:
-            continue
-        usage = payload.get("usage") if isinstance(payload, dict) else None
-        if isinstance(usage, dict):
-            total = usage.get("total_tokens")
-            if isinstance(total, int):
-                return total
-            counted = [v for k, v in usage.items() if k.endswith("_tokens") and isinstance(v, int)]
-            return sum(counted) if counted else None
-    return None
+class EventReader:
+    """Complete SSE events out of a byte stream, however the reads split it.
 
-
-class UsageScan:
-    """The stream's ``usage`` total, found in whole lines however the reads split them.
-
-    A usage event can arrive in the same read as the first event (the head)
-    or be cut across two reads; only complete lines are parsed, the
-    unfinished last line is kept for the next read.
+    ``feed`` returns the (event type, data) of every event completed by the
+    chunk; comments and blank keep-alives are skipped. A pending event larger
+    than ``MAX_HEAD`` is a broken stream, not something to buffer forever.
     """
 
-    __slots__ = ("partial", "total")
+    __slots__ = ("pending",)
 
     def __init__(self) -> None:
-        self.partial = b""
-        self.total: int | None = None
+        self.pending = b""
 
-    def feed(self, chunk: bytes) -> None:
-        if self.partial:
-            chunk = self.partial + chunk
-        end = chunk.rfind(b"\n") + 1
-        rest = chunk[end:]
-        self.partial = rest if len(rest) <= MAX_HEAD else b""
-        if end and chunk.find(b'"usage"', 0, end) >= 0:
-            self.total = stream_usage(chunk[:end]) or self.total
+    def feed(self, chunk: bytes) -> list[tuple[str, bytes]]:
+        buffer = (self.pending + chunk).replace(b"\r\n", b"\n")
+        blocks = buffer.split(b"\n\n")
+        self.pending = blocks.pop()
+        if len(self.pending) > MAX_EVENT:
+            raise ValueError(f"an SSE event exceeds {MAX_EVENT} bytes")
+        events = []
+        for block in blocks:
+            event = first_event(block + b"\n\n")
+            if event is not None:
+                events.append(event)
+        return events
+
+
+def data_event(payload: Any) -> bytes:
+    """An OpenAI-style event: one ``data:`` line."""
+    return b"data: " + orjson.dumps(payload) + b"\n\n"
+
+
+def named_event(kind: str, payload: Any) -> bytes:
+    """An Anthropic-style event: ``event:`` then ``data:``."""
+    return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(payload) + b"\n\n"
+
+
+DONE = b"data: [DONE]\n\n"

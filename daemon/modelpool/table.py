@@ -44,6 +44,8 @@ class Model:
     state: ModelState
     transport_key: tuple[str, int] | None
     """The shared connection pool this model's requests use (None: no HTTP, e.g. mock)."""
+    capabilities: frozenset[str]
+    """What it may serve: the declared capabilities its provider's API can carry."""
     transport: HttpTransport | None = None
 
     @property

@@ -27,20 +27,37 @@ class Estimate:
         return self.input_tokens + self.output_tokens
 
 
+IMAGE_TOKENS = 1600
+"""What one image is counted as: about a megapixel, in both providers' accounting."""
+_IMAGES = frozenset({"image_url", "image", "input_image"})
+
+
 def _text_size(value: Any) -> int:
     if isinstance(value, str):
         return len(value)
     if isinstance(value, Mapping):
+        if value.get("type") in _IMAGES:  # base64 data is not prompt text
+            return IMAGE_TOKENS * BYTES_PER_TOKEN
         return sum(_text_size(v) for v in value.values())
     if isinstance(value, list):
         return sum(_text_size(v) for v in value)
     return 0
 
 
+_SOURCES = {
+    "chat": "messages",
+    "messages": "messages",
+    "completions": "prompt",
+    "embeddings": "input",
+}
+
+
 def estimate(endpoint: str, body: Mapping[str, Any], default_output: int | None = None) -> Estimate:
     """Prompt tokens from the request's text; output tokens from max_tokens or a default."""
-    source = {"chat": "messages", "completions": "prompt", "embeddings": "input"}[endpoint]
+    source = _SOURCES[endpoint]
     size = _text_size(body.get(source)) + _text_size(body.get("tools"))
+    if endpoint == "messages":
+        size += _text_size(body.get("system"))
     input_tokens = max(1, size // BYTES_PER_TOKEN)
     if endpoint == "embeddings":
         return Estimate(input_tokens, 0)

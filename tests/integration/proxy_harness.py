@@ -16,7 +16,7 @@ from modelpool.app import REGISTRY
 
 API_KEY = "sk-test-integration-0123456789"
 
-CAPABILITIES = ["chat", "completions", "embeddings", "stream"]
+CAPABILITIES = ["chat", "completions", "embeddings", "stream", "tools", "vision", "json_mode"]
 """Everything the ingress endpoints need, so any test request may go to any model."""
 
 FAST_TIMEOUTS = {"connect": "1s", "first_byte": "2s", "idle": "2s", "total": "10s"}

@@ -9,12 +9,14 @@ success, or raises an ``UpstreamError`` describing what happened.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
-from typing import Any, Protocol
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
 
 from modelpool.config.spec import Timeouts
 
-ENDPOINTS = ("chat", "completions", "embeddings")
+ENDPOINTS = ("chat", "completions", "embeddings", "messages")
+Dialect = Literal["openai", "anthropic", "any"]
+"""The API a provider speaks; ``any`` (the mock) answers in the format it is asked in."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +28,8 @@ class Call:
     timeouts: Timeouts
     model: str
     """The model's name in the config, for error messages."""
+    headers: Mapping[str, str] = field(default_factory=dict)
+    """Client headers forwarded to upstreams that understand them."""
 
 
 class UpstreamResponse(Protocol):
@@ -48,6 +52,8 @@ class UpstreamResponse(Protocol):
 
 
 class Provider(Protocol):
+    dialect: Dialect
+
     async def send(self, call: Call) -> UpstreamResponse: ...
 
     async def aclose(self) -> None: ...

@@ -1,9 +1,11 @@
-"""The built-in offline ``mock`` provider: deterministic OpenAI-format answers.
+"""The built-in offline ``mock`` provider: deterministic answers in either API.
 
 It needs no network and no key, so ``examples/pools.yaml`` runs anywhere and
 tests can script failures. Replies echo the last user message (or a fixed
 ``reply``), token counts are whitespace words, and ``failure_rate`` with a
-``seed`` injects errors repeatably.
+``seed`` injects errors repeatably. It answers in the API it is asked in:
+OpenAI format for chat/completions/embeddings calls, Anthropic Messages
+format (a message, or a well-formed event stream) for messages calls.
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ import orjson
 
 from modelpool.config.spec import MockBehaviour, ProviderSpec
 from modelpool.errors import UpstreamStatusError
-from modelpool.providers.base import Call
+from modelpool.providers.base import Call, Dialect
+from modelpool.providers.translate import OpenAIToAnthropicStream, openai_completion_to_anthropic
+from modelpool.sse import named_event
 
 
 def _words(text: str) -> int:
@@ -40,7 +44,8 @@ def _prompt_text(body: Mapping[str, Any]) -> tuple[str, str]:
     """(all prompt text, the last user message) of a chat or completions body."""
     messages = body.get("messages")
     if isinstance(messages, list):
-        texts = [_text_of(m.get("content")) for m in messages if isinstance(m, dict)]
+        texts = [_text_of(body.get("system"))]
+        texts += [_text_of(m.get("content")) for m in messages if isinstance(m, dict)]
         users = [
             _text_of(m.get("content"))
             for m in messages
@@ -80,6 +85,8 @@ class MockResponse:
 
 
 class MockProvider:
+    dialect: Dialect = "any"
+
     def __init__(self, spec: ProviderSpec) -> None:
         self.behaviour: MockBehaviour = spec.mock
         self._rng = random.Random(self.behaviour.seed)
@@ -100,13 +107,19 @@ class MockProvider:
         if call.endpoint == "embeddings":
             return MockResponse([self._embeddings(call)], stream=False, chunk_delay=0)
         reply, finish, usage = self._reply(call.body)
-        kind = "chat.completion" if call.endpoint == "chat" else "text_completion"
+        kind = "text_completion" if call.endpoint == "completions" else "chat.completion"
         if call.stream:
-            parts = _stream(call.body, kind, reply, finish, usage)
+            if call.endpoint == "messages":  # Anthropic streams always report usage
+                with_usage = {**call.body, "stream_options": {"include_usage": True}}
+                parts = _stream(with_usage, kind, reply, finish, usage)
+                parts = _as_anthropic_stream(parts, usage["prompt_tokens"])
+            else:
+                parts = _stream(call.body, kind, reply, finish, usage)
             return MockResponse(parts, stream=True, chunk_delay=behaviour.chunk_delay)
-        return MockResponse(
-            [_complete(call.body, kind, reply, finish, usage)], stream=False, chunk_delay=0
-        )
+        body = _complete(call.body, kind, reply, finish, usage)
+        if call.endpoint == "messages":
+            body = orjson.dumps(openai_completion_to_anthropic(orjson.loads(body)))
+        return MockResponse([body], stream=False, chunk_delay=0)
 
     def _failure(self, model: str) -> UpstreamStatusError:
         status = self.behaviour.failure_status
@@ -170,6 +183,18 @@ def _vector(
 def _base64(vector: list[float]) -> str:
     """OpenAI's `encoding_format: base64`: little-endian float32s, base64-encoded."""
     return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+
+
+def _as_anthropic_stream(parts: Sequence[bytes], input_tokens: int) -> list[bytes]:
+    """The same answer as Anthropic stream events, one read per OpenAI chunk."""
+    translator = OpenAIToAnthropicStream(input_tokens=input_tokens)
+    out = []
+    for part in parts:
+        data = part.removeprefix(b"data: ").strip()
+        events = [] if data == b"[DONE]" else translator.feed(orjson.loads(data))
+        out.append(b"".join(named_event(e["type"], e) for e in events))
+    out[-1] += b"".join(named_event(e["type"], e) for e in translator.finish())
+    return [part for part in out if part]
 
 
 def _complete(

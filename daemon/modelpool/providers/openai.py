@@ -12,10 +12,12 @@ from collections.abc import Mapping
 import orjson
 
 from modelpool.config.spec import ProviderSpec
-from modelpool.providers.base import Call
+from modelpool.providers.base import Call, Dialect
 from modelpool.upstream import HttpResponse, HttpTransport
 
 PATHS = {"chat": "chat/completions", "completions": "completions", "embeddings": "embeddings"}
+MAX_TOKENS_FIELD = {"openai": "max_completion_tokens", "azure_openai": "max_completion_tokens"}
+"""Where OpenAI itself wants the output cap; other servers know only ``max_tokens``."""
 
 
 def api_root(spec: ProviderSpec) -> str:
@@ -48,6 +50,8 @@ def auth_headers(spec: ProviderSpec) -> dict[str, str]:
 
 class OpenAIProvider:
     """Sends OpenAI-format calls over a pooled HTTP transport."""
+
+    dialect: Dialect = "openai"
 
     def __init__(self, spec: ProviderSpec, transport: HttpTransport) -> None:
         self.transport = transport
