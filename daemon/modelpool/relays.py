@@ -29,7 +29,7 @@ from modelpool.providers.translate import (
     usage_from_anthropic,
     usage_from_openai,
 )
-from modelpool.sse import DONE, MAX_EVENT, EventReader, data_event, named_event
+from modelpool.sse import DONE, EventReader, Unfinished, data_event, named_event
 
 
 class StreamRelay(Protocol):
@@ -80,28 +80,35 @@ class OpenAIPassthrough:
     whole events only, holding an unfinished one until its end arrives.
     """
 
-    __slots__ = ("_model", "_pending", "_strip", "usage")
+    __slots__ = ("_held", "_model", "_strip", "usage")
 
     def __init__(self, model: str, *, strip_usage: bool) -> None:
         self._model = model
         self._strip = strip_usage
-        self._pending = b""
+        self._held = Unfinished()
         self.usage: Usage | None = None
 
     def feed(self, chunk: bytes) -> bytes:
-        buffer = self._pending + chunk if self._pending else chunk
+        try:
+            whole = self._whole(chunk)
+        except ValueError as exc:
+            raise UpstreamStreamBroken(f"{self._model}: {exc}", model=self._model) from None
+        if b'"usage"' in whole:
+            whole = self._scan(whole)
+        return whole if self._strip else chunk
+
+    def _whole(self, chunk: bytes) -> bytes:
+        """The complete lines (events, when stripping) that this read finishes."""
+        if b"\n" not in chunk:
+            self._held.hold(chunk)
+            return b""
+        buffer = self._held.join(chunk)
         if self._strip:
             buffer = buffer.replace(b"\r\n", b"\n")
         sep = b"\n\n" if self._strip else b"\n"
         end = buffer.rfind(sep) + len(sep) if sep in buffer else 0
-        whole, self._pending = buffer[:end], buffer[end:]
-        if len(self._pending) > MAX_EVENT:
-            raise UpstreamStreamBroken(
-                f"{self._model}: an SSE event is too large", model=self._model
-            )
-        if b'"usage"' in whole:
-            whole = self._scan(whole)
-        return whole if self._strip else chunk
+        self._held.hold(buffer[end:])
+        return buffer[:end]
 
     def _scan(self, whole: bytes) -> bytes:
         kept = []
@@ -115,7 +122,7 @@ class OpenAIPassthrough:
         return b"\n\n".join(kept)
 
     def close(self) -> bytes:
-        rest, self._pending = self._pending, b""
+        rest = self._held.join(b"")
         return rest if self._strip else b""
 
     def fail(self, message: str) -> bytes:

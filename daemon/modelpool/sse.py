@@ -52,25 +52,57 @@ def error_in(kind: str, data: bytes) -> dict[str, Any] | None:
     return None
 
 
+class Unfinished:
+    """The unfinished tail of a byte stream, held as parts: a long event that
+    arrives in many reads is joined once, when its end comes, not once per read.
+    More than ``MAX_EVENT`` bytes without an end is a broken stream (ValueError)."""
+
+    __slots__ = ("parts", "size")
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+        self.size = 0
+
+    def hold(self, data: bytes) -> None:
+        if data:
+            self.parts.append(data)
+            self.size += len(data)
+            if self.size > MAX_EVENT:
+                raise ValueError(f"an SSE event exceeds {MAX_EVENT} bytes")
+
+    def join(self, chunk: bytes) -> bytes:
+        """Everything held, then ``chunk``; nothing is held afterwards."""
+        if not self.parts:
+            return chunk
+        self.parts.append(chunk)
+        joined = b"".join(self.parts)
+        self.parts, self.size = [], 0
+        return joined
+
+
 class EventReader:
     """Complete SSE events out of a byte stream, however the reads split it.
 
     ``feed`` returns the (event type, data) of every event completed by the
     chunk; comments and blank keep-alives are skipped. A pending event larger
-    than ``MAX_HEAD`` is a broken stream, not something to buffer forever.
+    than ``MAX_EVENT`` is a broken stream, not something to buffer forever.
     """
 
-    __slots__ = ("pending",)
+    __slots__ = ("_held",)
 
     def __init__(self) -> None:
-        self.pending = b""
+        self._held = Unfinished()
+
+    @property
+    def pending(self) -> bytes:
+        return b"".join(self._held.parts)
 
     def feed(self, chunk: bytes) -> list[tuple[str, bytes]]:
-        buffer = (self.pending + chunk).replace(b"\r\n", b"\n")
-        blocks = buffer.split(b"\n\n")
-        self.pending = blocks.pop()
-        if len(self.pending) > MAX_EVENT:
-            raise ValueError(f"an SSE event exceeds {MAX_EVENT} bytes")
+        if b"\n" not in chunk:  # no event can end in this read
+            self._held.hold(chunk)
+            return []
+        blocks = self._held.join(chunk).replace(b"\r\n", b"\n").split(b"\n\n")
+        self._held.hold(blocks.pop())
         events = []
         for block in blocks:
             event = first_event(block + b"\n\n")
