@@ -351,6 +351,27 @@ def test_version_and_provider_specific_rules(tmp_path: Path) -> None:
     ]
 
 
+def test_an_anthropic_model_cannot_declare_what_the_messages_api_lacks(tmp_path: Path) -> None:
+    text = """\
+        version: 1
+        providers:
+          claude: {type: anthropic, base_url: https://api.anthropic.com}
+        models:
+          sonnet:
+            provider: claude
+            capabilities: [chat, embeddings, stream, completions]
+          implied: {provider: claude}
+        pools:
+          default: {members: [sonnet, implied]}
+        """
+    assert errors(tmp_path, text) == [
+        "pools.yaml:7 models.sonnet.capabilities[1]: an anthropic model cannot serve embeddings"
+        " (the Messages API has no counterpart); remove it",
+        "pools.yaml:7 models.sonnet.capabilities[3]: an anthropic model cannot serve completions"
+        " (the Messages API has no counterpart); remove it",
+    ]
+
+
 # --------------------------------------------------------------------------- ${env:...}
 
 

@@ -40,6 +40,24 @@ def _model_providers(doc: Document, data: Mapping[str, Any]) -> Iterator[tuple[P
             )
 
 
+ANTHROPIC_CANNOT = ("completions", "embeddings")
+"""Endpoints the Anthropic Messages API has no counterpart for."""
+
+
+def _provider_capabilities(doc: Document, data: Mapping[str, Any]) -> Iterator[tuple[Path, str]]:
+    for name, model in data["models"].items():
+        provider = data["providers"].get(model["provider"], {})
+        if provider.get("type") != "anthropic":
+            continue
+        for i, capability in enumerate(model.get("capabilities", [])):
+            if capability in ANTHROPIC_CANNOT:
+                yield (
+                    ("models", name, "capabilities", i),
+                    f"an anthropic model cannot serve {capability} (the Messages API has no "
+                    "counterpart); remove it",
+                )
+
+
 def _pool_members(doc: Document, data: Mapping[str, Any]) -> Iterator[tuple[Path, str]]:
     for name, pool in data["pools"].items():
         seen: set[str] = set()
@@ -211,6 +229,7 @@ def _completion_probe(
 
 CHECKS: tuple[Check, ...] = (
     _model_providers,
+    _provider_capabilities,
     _pool_members,
     _failover,
     _clients,
