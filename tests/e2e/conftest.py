@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+# The integration suite's validating fake upstreams serve e2e tests too (threaded_fakes).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
+
 from e2e_daemon import Daemon, DaemonFactory, finish, offline_example, start_daemon
 
 

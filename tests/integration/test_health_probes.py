@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 import yaml
 from aiohttp import web
-from fake_upstream import CHAT, FakeUpstream, Reply
+from fake_upstream import CHAT, MESSAGES, FakeUpstream, Reply
 from proxy_harness import CAPABILITIES, Daemon, chain_config, chat, provider, single_pool_config
 
 from modelpool.app import HOLDER, build_app
@@ -256,3 +256,22 @@ async def test_a_reload_that_removes_a_provider_stops_probing_it(
     assert len(probes(fake2)) == before  # u2's /v1/models is no longer asked
     assert len(probes(fake, MODELS)) >= 5  # while u1 goes on
     assert set((await status(daemon))["providers"]) == {"u1", "u3"}
+
+
+async def test_an_anthropic_provider_is_probed_in_its_own_api(
+    start_healthy: StartHealthy, fake: FakeUpstream
+) -> None:
+    config = single_pool_config(fake.root, type_="anthropic", health=FAST)
+    config["models"]["m"]["capabilities"] = ["chat", "stream"]
+    config["models"]["m"]["health"] = {"probe": "chat", "interval": "100ms"}
+    daemon = await start_healthy(config)
+    await eventually(lambda: _count(fake, 2) and _count(fake, 2, MESSAGES))
+    listing = probes(fake)[0]
+    assert listing.headers["x-api-key"].startswith("sk-test")
+    assert listing.headers["anthropic-version"] == "2023-06-01"
+    assert "Authorization" not in listing.headers
+    completion = probes(fake, MESSAGES)[0]
+    assert completion.rejected is None  # a valid Messages request
+    assert completion.json["max_tokens"] == 1
+    report = await status(daemon)
+    assert report["providers"]["up"]["health"]["status"] == "healthy"
