@@ -415,18 +415,21 @@ def test_openai_error_chunk_to_anthropic() -> None:
     assert translator.finish() == []
 
 
-def test_interleaved_tool_arguments_raise() -> None:
-    translator = OpenAIToAnthropicStream()
+def test_interleaved_tool_arguments_are_not_lost() -> None:
+    """Call 0, call 1, call 0 again: the first call streams live (its block
+    stays open), the second is held and sent whole at the end."""
     interleaved: list[Ev] = [
         {"tool_calls": [{"index": 0, "id": "a", "function": {"name": "f", "arguments": "{"}}]},
         {"tool_calls": [{"index": 1, "id": "b", "function": {"name": "g", "arguments": "{"}}]},
         {"tool_calls": [{"index": 0, "function": {"arguments": "}"}}]},
+        {"tool_calls": [{"index": 1, "function": {"arguments": "}"}}]},
     ]
-    run_chunks = openai_chunks(interleaved)
-    for chunk in run_chunks[:-2]:  # the last two: the stray fragment, the finish
-        translator.feed(chunk)
-    with pytest.raises(TranslationError):
-        translator.feed(run_chunks[-2])
+    events = run(OpenAIToAnthropicStream(), openai_chunks(interleaved, "tool_calls"))
+    check_anthropic(events)
+    assert [(b["id"], b["name"], b["partial_json"]) for b in anthropic_blocks(events)] == [
+        ("a", "f", "{}"),
+        ("b", "g", "{}"),
+    ]
 
 
 # --------------------------------------------------------------- properties

@@ -19,8 +19,11 @@ from modelpool.providers.translate.requests import (
     strip_modelpool_extensions,
 )
 from modelpool.providers.translate.responses import (
+    ANTHROPIC_ERROR_TYPES,
+    anthropic_error_to_openai,
     anthropic_message_to_openai,
     openai_completion_to_anthropic,
+    openai_error_to_anthropic,
 )
 from modelpool.providers.translate.streams import AnthropicToOpenAIStream, OpenAIToAnthropicStream
 from modelpool.providers.translate.usage import (
@@ -33,6 +36,7 @@ from modelpool.providers.translate.usage import (
 )
 
 __all__ = [
+    "ANTHROPIC_ERROR_TYPES",
     "ANTHROPIC_TO_OPENAI_FINISH",
     "DEFAULT_MAX_TOKENS",
     "OPENAI_TO_ANTHROPIC_STOP",
@@ -42,12 +46,14 @@ __all__ = [
     "OpenAIToAnthropicStream",
     "TranslationError",
     "Usage",
+    "anthropic_error_to_openai",
     "anthropic_message_to_openai",
     "anthropic_stop_reason",
     "anthropic_to_openai_chat",
     "merge_anthropic_delta_usage",
     "openai_chat_to_anthropic",
     "openai_completion_to_anthropic",
+    "openai_error_to_anthropic",
     "openai_finish_reason",
     "strip_modelpool_extensions",
     "usage_from_anthropic",

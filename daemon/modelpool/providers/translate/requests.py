@@ -55,7 +55,9 @@ def openai_chat_to_anthropic(
     if system is not None:
         out["system"] = system
     out["messages"] = messages
-    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+    max_tokens = body.get("max_completion_tokens")
+    if max_tokens is None:
+        max_tokens = body.get("max_tokens")
     out["max_tokens"] = default_max_tokens if max_tokens is None else max_tokens
     _copy_common(body, out, ("temperature", "top_p", "stream"))
     if isinstance(out.get("temperature"), int | float):
@@ -264,16 +266,22 @@ def _anthropic_tool(tool: Any, param: str) -> dict[str, Any]:
 
 
 def _anthropic_tool_choice(choice: Any, out: dict[str, Any]) -> None:
+    """OpenAI rejects ``tool_choice`` and ``parallel_tool_calls`` without
+    ``tools``: without tools they are checked, then dropped."""
     if choice is None:
         return
     kind = choice.get("type") if isinstance(choice, Mapping) else None
+    openai_choice: Any
     if kind in _OPENAI_TOOL_CHOICE:
-        out["tool_choice"] = _OPENAI_TOOL_CHOICE[kind]
+        openai_choice = _OPENAI_TOOL_CHOICE[kind]
     elif kind == "tool":
-        out["tool_choice"] = {"type": "function", "function": {"name": choice.get("name", "")}}
+        openai_choice = {"type": "function", "function": {"name": choice.get("name", "")}}
     else:
         raise TranslationError(f"unsupported tool_choice type {kind!r}", "tool_choice.type")
-    if choice.get("disable_parallel_tool_use") is True and "tools" in out:
+    if "tools" not in out:
+        return
+    out["tool_choice"] = openai_choice
+    if choice.get("disable_parallel_tool_use") is True:
         out["parallel_tool_calls"] = False
 
 

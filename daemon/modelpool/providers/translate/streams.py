@@ -11,12 +11,21 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
-from modelpool.providers.translate.content import REASONING_KEY, THINKING_KEY, dump_json
+from modelpool.providers.translate.content import (
+    REASONING_KEY,
+    THINKING_KEY,
+    THINKING_TYPES,
+    dump_json,
+)
 from modelpool.providers.translate.errors import TranslationError
 from modelpool.providers.translate.reasons import anthropic_stop_reason, openai_finish_reason
+from modelpool.providers.translate.responses import (
+    anthropic_error_to_openai,
+    openai_error_to_anthropic,
+)
 from modelpool.providers.translate.usage import (
     Usage,
     merge_anthropic_delta_usage,
@@ -34,6 +43,7 @@ class _Block:
     kind: str
     tool_index: int | None = None
     raw: dict[str, Any] = field(default_factory=dict)
+    arguments_sent: bool = False
 
 
 class AnthropicToOpenAIStream:
@@ -42,7 +52,10 @@ class AnthropicToOpenAIStream:
     Thinking text streams as ``delta.reasoning_content``; each finished
     thinking block is sent whole in ``delta.modelpool_thinking`` (a list) so
     that a client can hand it back verbatim. An ``error`` event becomes an
-    ``{"error": {...}}`` payload and ends the stream.
+    ``{"error": {...}}`` payload and ends the stream. A tool call whose block
+    streamed no argument text at all (a tool without parameters) gets ``"{}"``
+    when its block stops, as in the non-streamed translation: every call's
+    arguments parse as JSON.
     """
 
     def __init__(self, *, include_usage: bool = False, created: int | None = None) -> None:
@@ -93,6 +106,7 @@ class AnthropicToOpenAIStream:
             state.tool_index = self._tools
             self._tools += 1
             arguments = dump_json(block["input"]) if block.get("input") else ""
+            state.arguments_sent = bool(arguments)
             call = {"index": state.tool_index, "id": block.get("id", ""), "type": "function"}
             call["function"] = {"name": block.get("name", ""), "arguments": arguments}
             out.append(self._chunk({"tool_calls": [call]}))
@@ -109,6 +123,9 @@ class AnthropicToOpenAIStream:
         if kind == "text_delta" and delta.get("text"):
             return [self._chunk({"content": delta["text"]})]
         if kind == "input_json_delta" and delta.get("partial_json"):
+            if state.tool_index is None:  # a server tool's input: nothing OpenAI can show
+                return []
+            state.arguments_sent = True
             fragment = {"index": state.tool_index, "function": {"arguments": delta["partial_json"]}}
             return [self._chunk({"tool_calls": [fragment]})]
         if kind == "thinking_delta":
@@ -120,8 +137,14 @@ class AnthropicToOpenAIStream:
 
     def _on_block_stop(self, event: Mapping[str, Any]) -> list[Event]:
         state = self._blocks.get(event.get("index", 0))
-        if state is not None and state.kind in ("thinking", "redacted_thinking"):
+        if state is None:
+            return []
+        if state.kind in THINKING_TYPES:
             return [self._chunk({THINKING_KEY: [state.raw]})]
+        if state.tool_index is not None and not state.arguments_sent:
+            state.arguments_sent = True
+            fragment = {"index": state.tool_index, "function": {"arguments": "{}"}}
+            return [self._chunk({"tool_calls": [fragment]})]
         return []
 
     def _on_message_delta(self, event: Mapping[str, Any]) -> list[Event]:
@@ -133,10 +156,8 @@ class AnthropicToOpenAIStream:
         return self.finish()
 
     def _on_error(self, event: Mapping[str, Any]) -> list[Event]:
-        error = event.get("error") or {}
         self._closed = True
-        payload = {"message": error.get("message", ""), "type": error.get("type", "api_error")}
-        return [{"error": payload | {"param": None, "code": None}}]
+        return [anthropic_error_to_openai(event)]
 
     _handlers: ClassVar[
         dict[str, Callable[[AnthropicToOpenAIStream, Mapping[str, Any]], list[Event]]]
@@ -178,18 +199,36 @@ class _Tool:
     id: str
     name: str = ""
     block: int | None = None
-    pending: str = ""
+    fragments: list[str] = field(default_factory=list)
+    """Argument text received but not sent yet."""
+
+
+@dataclass
+class _HeldText:
+    parts: list[str]
+
+
+_Held = _HeldText | dict[str, Any] | _Tool
+"""Something held back until the end of the stream: text, a thinking block, a tool call."""
 
 
 class OpenAIToAnthropicStream:
     """OpenAI ``chat.completion.chunk`` dicts → Anthropic Messages stream events.
 
-    ``message_start`` reports ``input_tokens`` from the first chunk's usage if
-    there is one, else the caller's estimate; the final ``message_delta``
-    carries the upstream's usage when the stream reported it. Tool-call
-    fragments are matched by ``index``, then by ``id``; a fragment with
-    neither continues the latest tool call. A tool block opens once its name
-    is known (fragments before that are held, never dropped).
+    ``message_start`` reports the usage of the first chunk if it has one, else
+    the caller's ``input_tokens`` estimate; the final ``message_delta`` carries
+    the upstream's usage when the stream reported it.
+
+    Tool-call fragments are matched to their call by ``index`` (unless they
+    bring a different ``id``), then by ``id``; a fragment with neither
+    continues the latest call. OpenAI never says that a tool call is complete
+    and an Anthropic block cannot be reopened, so only the first tool call
+    streams live: its block opens once its name is known (earlier fragments
+    are held, never dropped) and stays open until the stream ends. Whatever
+    arrives after the first tool call started (text, thinking blocks, further
+    tool calls and their fragments, in any interleaving) is held and sent as
+    whole blocks, in order of arrival, by :meth:`finish`. No fragment can ever
+    arrive for a block that is already closed.
     """
 
     def __init__(self, *, message_id: str = "", model: str = "", input_tokens: int = 0) -> None:
@@ -197,10 +236,11 @@ class OpenAIToAnthropicStream:
         self._model = model
         self._usage = Usage(input_tokens=input_tokens)
         self._next_block = 0
-        self._open: tuple[int, str] | None = None  # (block index, "text" | tool id)
+        self._open: tuple[int, str] | None = None  # (block index, "text" | "thinking" | tool id)
         self._by_index: dict[int, _Tool] = {}
         self._by_id: dict[str, _Tool] = {}
         self._tools: list[_Tool] = []
+        self._held: list[_Held] = []
         self._finish_reason: str | None = None
         self._started = self._done = False
 
@@ -208,7 +248,7 @@ class OpenAIToAnthropicStream:
         if self._done:
             return []
         if chunk.get("error") is not None:
-            return self._error(chunk["error"])
+            return self._error(chunk)
         if chunk.get("usage"):
             self._usage = usage_from_openai(chunk["usage"])
         out = self._start(chunk)
@@ -221,10 +261,12 @@ class OpenAIToAnthropicStream:
         if self._done:
             return []
         out = self._start({})
-        for tool in self._tools:
-            if tool.block is None:
-                out += self._open_tool(tool)
+        if self._tools and self._tools[0].block is None:
+            out += self._open_tool(self._tools[0])
         out += self._close()
+        for item in self._held:
+            out += self._emit_held(item)
+        self._held = []
         stop = anthropic_stop_reason(self._finish_reason, has_tool_calls=bool(self._tools))
         delta = {"stop_reason": stop, "stop_sequence": None}
         out.append(
@@ -242,19 +284,19 @@ class OpenAIToAnthropicStream:
         self._model = self._model or chunk.get("model", "")
         message = {"id": self._id, "type": "message", "role": "assistant", "model": self._model}
         message |= {"content": [], "stop_reason": None, "stop_sequence": None}
-        message["usage"] = usage_to_anthropic(Usage(input_tokens=self._usage.prompt_tokens))
+        message["usage"] = usage_to_anthropic(replace(self._usage, output_tokens=0))
         return [{"type": "message_start", "message": message}]
 
-    def _error(self, error: Any) -> list[Event]:
-        message = error.get("message", "") if isinstance(error, Mapping) else str(error)
+    def _error(self, chunk: Mapping[str, Any]) -> list[Event]:
         self._done = True
-        return [{"type": "error", "error": {"type": "api_error", "message": message}}]
+        return [openai_error_to_anthropic(chunk)]
 
     def _choice(self, choice: Mapping[str, Any]) -> list[Event]:
         delta = choice.get("delta") or {}
         out: list[Event] = []
         for block in delta.get(THINKING_KEY) or []:
-            out += self._thinking(block)
+            if isinstance(block, Mapping) and block.get("type") in THINKING_TYPES:
+                out += self._thinking(block)
         for key in ("content", "refusal"):
             if delta.get(key):
                 out += self._text(delta[key])
@@ -264,7 +306,6 @@ class OpenAIToAnthropicStream:
             out += self._tool_delta(call)
         if choice.get("finish_reason"):
             self._finish_reason = self._finish_reason or choice["finish_reason"]
-            out += self._close()
         return out
 
     # -- blocks
@@ -291,6 +332,12 @@ class OpenAIToAnthropicStream:
         return {"type": "content_block_delta", "index": self._open[0], "delta": delta}
 
     def _text(self, text: str) -> list[Event]:
+        if self._tools:
+            if self._held and isinstance(self._held[-1], _HeldText):
+                self._held[-1].parts.append(text)
+            else:
+                self._held.append(_HeldText([text]))
+            return []
         out = (
             []
             if self._open and self._open[1] == "text"
@@ -299,6 +346,12 @@ class OpenAIToAnthropicStream:
         return [*out, self._delta({"type": "text_delta", "text": text})]
 
     def _thinking(self, block: Mapping[str, Any]) -> list[Event]:
+        if self._tools:
+            self._held.append(dict(block))
+            return []
+        return self._thinking_block(block)
+
+    def _thinking_block(self, block: Mapping[str, Any]) -> list[Event]:
         if block.get("type") == "redacted_thinking":
             return self._begin("thinking", dict(block)) + self._close()
         out = self._begin("thinking", {"type": "thinking", "thinking": "", "signature": ""})
@@ -308,51 +361,65 @@ class OpenAIToAnthropicStream:
         )
         return out + self._close()
 
+    def _emit_held(self, item: _Held) -> list[Event]:
+        if isinstance(item, _HeldText):
+            out = self._begin("text", {"type": "text", "text": ""})
+            out.append(self._delta({"type": "text_delta", "text": "".join(item.parts)}))
+            return out + self._close()
+        if isinstance(item, _Tool):
+            return self._open_tool(item) + self._close()
+        return self._thinking_block(item)
+
     # -- tool calls
 
     def _tool_delta(self, call: Mapping[str, Any]) -> list[Event]:
-        tool = self._resolve_tool(call)
+        tool, new = self._resolve_tool(call)
         function = call.get("function") or {}
         tool.name = tool.name or function.get("name") or ""
         arguments = function.get("arguments") or ""
+        if tool is not self._tools[0]:
+            if new:
+                self._held.append(tool)
+            if arguments:
+                tool.fragments.append(arguments)
+            return []
         if tool.block is None:
-            tool.pending += arguments
+            if arguments:
+                tool.fragments.append(arguments)
             return self._open_tool(tool) if tool.name else []
-        if self._open != (tool.block, tool.id):
-            raise TranslationError(
-                "interleaved tool call arguments cannot be streamed", "tool_calls"
-            )
         return (
             [self._delta({"type": "input_json_delta", "partial_json": arguments})]
             if arguments
             else []
         )
 
-    def _resolve_tool(self, call: Mapping[str, Any]) -> _Tool:
-        """Match a fragment to its tool call: by ``index`` (unless it brings a
-        different ``id``: some servers reuse index 0), else by ``id``, else the
-        latest call. An unseen index or id starts a new call."""
-        index, tool_id = call.get("index"), call.get("id")
+    def _resolve_tool(self, call: Mapping[str, Any]) -> tuple[_Tool, bool]:
+        """Match a fragment to its tool call (and say whether the call is new):
+        by ``index`` (unless it brings a different ``id``: some servers reuse
+        index 0), else by ``id``, else the latest call. An unseen index or id
+        starts a new call. An empty ``id`` counts as none."""
+        index, tool_id = call.get("index"), call.get("id") or None
         if index is not None:
             known = self._by_index.get(index)
-            if known is not None and (not tool_id or tool_id == known.id):
-                return known
+            if known is not None and (tool_id is None or tool_id == known.id):
+                return known, False
         elif tool_id is None and self._tools:
-            return self._tools[-1]
+            return self._tools[-1], False
         elif tool_id in self._by_id:
-            return self._by_id[tool_id]
+            return self._by_id[tool_id], False
         tool = _Tool(id=tool_id or f"toolu_modelpool_{len(self._tools)}")
         if index is not None:
             self._by_index[index] = tool
         self._by_id[tool.id] = tool
         self._tools.append(tool)
-        return tool
+        return tool, True
 
     def _open_tool(self, tool: _Tool) -> list[Event]:
         start = {"type": "tool_use", "id": tool.id, "name": tool.name, "input": {}}
         out = self._begin(tool.id, start)
         tool.block = self._next_block - 1
-        if tool.pending:
-            out.append(self._delta({"type": "input_json_delta", "partial_json": tool.pending}))
-            tool.pending = ""
+        if tool.fragments:
+            partial = "".join(tool.fragments)
+            out.append(self._delta({"type": "input_json_delta", "partial_json": partial}))
+            tool.fragments = []
         return out
