@@ -252,6 +252,7 @@ def _pool(name: str, raw: Mapping[str, Any]) -> PoolSpec:
         timeouts=frozen({k: parse_duration(v) for k, v in raw.get("timeouts", {}).items()}),
         failover=tuple(raw.get("failover", ())),
         description=raw.get("description", ""),
+        budget=Budget(**raw.get("budget", {})),
     )
 
 

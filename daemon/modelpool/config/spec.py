@@ -144,6 +144,21 @@ class QueuePolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class Budget:
+    usd_per_day: float | None = None
+    usd_per_month: float | None = None
+    tokens_per_day: int | None = None
+    tokens_per_month: int | None = None
+    status: int = 429
+
+    @property
+    def empty(self) -> bool:
+        """No cap at all (a cap of 0 is a cap: nothing may be spent)."""
+        caps = (self.usd_per_day, self.usd_per_month, self.tokens_per_day, self.tokens_per_month)
+        return all(cap is None for cap in caps)
+
+
+@dataclass(frozen=True, slots=True)
 class PoolSpec:
     name: str
     strategy: str
@@ -154,13 +169,7 @@ class PoolSpec:
     timeouts: Mapping[str, float] = field(default_factory=dict)
     failover: tuple[str, ...] = ()
     description: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class Budget:
-    usd_per_day: float | None = None
-    usd_per_month: float | None = None
-    status: int = 429
+    budget: Budget = Budget()
 
 
 @dataclass(frozen=True, slots=True)
