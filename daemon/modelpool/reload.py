@@ -12,6 +12,7 @@ recorded, logged and counted; nothing after the swap can fail.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
 import logging
@@ -204,11 +205,31 @@ class Reloader:
         the files' contents; only a real change triggers a reload, once the
         bytes have stopped changing for ``settle`` seconds.
 
-        Every ``idle`` seconds without an event the bytes are compared anyway:
-        an edit that sent no event — made after the daemon read its config but
-        before these watches existed, or between two sets of watches, or lost
-        by the kernel — is still applied, within about ``idle`` seconds.
+        Every ``idle`` seconds the bytes are compared anyway, on a timer of its
+        own (other files in the folder, a usage database say, may keep the
+        watcher busy with events for files that are not ours): an edit that
+        sent no event — made after the daemon read its config but before these
+        watches existed, or between two sets of watches, or lost by the
+        kernel — is still applied, within about ``idle`` seconds.
         """
+        recheck = asyncio.create_task(self._recheck(stop, idle, settle))
+        try:
+            await self._watch_events(stop, step_ms, settle, idle)
+        finally:
+            recheck.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await recheck
+
+    async def _recheck(self, stop: asyncio.Event, idle: float, settle: float) -> None:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), idle)
+            if not stop.is_set() and self._untried() and await self._settled_change(settle):
+                await self.reload("watch")
+
+    async def _watch_events(
+        self, stop: asyncio.Event, step_ms: int, settle: float, idle: float
+    ) -> None:
         while not stop.is_set():
             files = self.current_files()
             dirs = sorted(_folders(files))
@@ -223,7 +244,7 @@ class Reloader:
                 yield_on_timeout=True,  # an empty set: `idle` seconds without an event
                 ignore_permission_denied=True,
             ):
-                if (changes or self._untried()) and await self._settled_change(settle):
+                if changes and await self._settled_change(settle):
                     await self.reload("watch")
                 if self.current_files() != files:
                     break  # the set of referenced files changed: watch the new set
