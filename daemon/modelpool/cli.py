@@ -36,8 +36,37 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("config")
     commands.add_parser("keygen", help="print a new client key and its sha256 for `clients:`")
     commands.add_parser("schema", help="print the config's JSON Schema")
+    _usage_parser(commands)
     _fake_upstream_parser(commands)
     return parser
+
+
+def _usage_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    usage = commands.add_parser(
+        "usage",
+        help="print usage and cost from the usage store",
+        description="Totals from the usage store, read-only (safe while the daemon runs). "
+        "Times are UTC; buckets are hourly.",
+    )
+    usage.add_argument(
+        "config", nargs="?", help="config file, to find usage.store (default: ./usage.db)"
+    )
+    usage.add_argument("--store", help="sqlite:///PATH or a path, overriding the config's")
+    usage.add_argument("--since", help="YYYY-MM-DD, an ISO time, or an age such as 12h, 7d, 2w")
+    usage.add_argument("--until", help="the same forms; the report stops before it")
+    usage.add_argument(
+        "--by",
+        default="client,pool,model,day",
+        help="group by, comma-separated: client, pool, model, day, hour ('' for one total; "
+        "default client,pool,model,day)",
+    )
+    usage.add_argument("--client", help="only this client")
+    usage.add_argument("--pool", help="only this pool")
+    usage.add_argument("--model", help="only this model")
+    output = usage.add_mutually_exclusive_group()
+    output.add_argument("--json", dest="output", action="store_const", const="json")
+    output.add_argument("--csv", dest="output", action="store_const", const="csv")
+    usage.set_defaults(output="table")
 
 
 def _fake_upstream_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -80,6 +109,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _check(args.config)
     if args.command == "fake-upstream":
         return _fake_upstream(args)
+    if args.command == "usage":
+        return _usage(args)
     return _run(
         args.config or os.environ.get("MODELPOOL_CONFIG", DEFAULT_CONFIG),
         args.listen,
@@ -128,6 +159,24 @@ def _run(path: str, listen: str | None, log_format: str | None) -> int:
         return 1
     setup_logging(log_format or config.server.log_format, config.server.log_level)
     return _event_loop_run(serve(config, host, port))
+
+
+def _usage(args: argparse.Namespace) -> int:
+    from modelpool.usage.cli_report import UsageArgs, run_usage
+
+    return run_usage(
+        UsageArgs(
+            config=args.config,
+            store=args.store,
+            since=args.since,
+            until=args.until,
+            by=args.by,
+            client=args.client,
+            pool=args.pool,
+            model=args.model,
+            output=args.output,
+        )
+    )
 
 
 def _fake_upstream(args: argparse.Namespace) -> int:

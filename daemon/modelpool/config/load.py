@@ -267,11 +267,17 @@ def _client(name: str, raw: Mapping[str, Any]) -> ClientSpec:
     )
 
 
+NO_STORE = "none"
+"""``usage.store: none``: count in metrics only; nothing kept across restarts."""
+
+
 def _usage(raw: Mapping[str, Any], base: Path) -> UsageSpec:
     """``sqlite:///var/lib/x.db`` is the absolute path /var/lib/x.db (a URL's path);
     a plain path is relative to the config file's folder. Stored as ``sqlite:///ABS``."""
     store = raw.get("store", "usage.db")
-    if "://" not in store:
+    if store == NO_STORE:
+        pass
+    elif "://" not in store:
         store = f"sqlite://{(base / store).resolve()}"
     elif store.startswith("sqlite://"):
         path = "/" + store.removeprefix("sqlite://").lstrip("/")

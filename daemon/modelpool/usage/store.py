@@ -1,0 +1,106 @@
+"""Where usage is kept: the interface every backend implements, and picking one.
+
+The hot path only calls :meth:`UsageStore.add`, which never waits: records
+are buffered in memory and written in batches, off the event loop, every
+``flush_interval``. ``close`` writes everything still buffered (SIGTERM
+loses nothing; a crash loses at most one flush interval).
+
+Counters are kept in hourly buckets per (client, pool, model), so a report
+or a budget sums buckets, never individual requests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Protocol
+
+from modelpool.config.spec import UsageSpec
+from modelpool.errors import ConfigError, ConfigIssue, ModelpoolError
+from modelpool.usage.record import Totals, UsageRecord
+
+BUCKET = 3600
+"""Seconds per bucket: an hour, so UTC days and months are whole buckets."""
+
+GroupKey = Literal["client", "pool", "model", "day", "hour"]
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    since: float | None = None
+    """Unix time; buckets starting at or after it (None: from the beginning)."""
+    until: float | None = None
+    """Unix time; buckets starting before it (None: up to now)."""
+    client: str | None = None
+    pool: str | None = None
+    model: str | None = None
+    group_by: Sequence[GroupKey] = ("client", "pool", "model", "day")
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One group of a report: its key values (in ``group_by`` order) and totals.
+    ``day`` is ``YYYY-MM-DD`` (UTC), ``hour`` ``YYYY-MM-DDTHH:00Z``."""
+
+    key: tuple[str, ...]
+    totals: Totals
+
+
+class UsageStore(Protocol):
+    async def open(self) -> None:
+        """Create or migrate the storage; start the background flusher."""
+        ...
+
+    def add(self, record: UsageRecord) -> None:
+        """Buffer one record. Never blocks, never raises for storage trouble."""
+        ...
+
+    async def flush(self) -> None:
+        """Write everything buffered so far (used by tests and shutdown)."""
+        ...
+
+    async def close(self) -> None:
+        """Flush, stop the flusher, release the storage."""
+        ...
+
+    async def report(self, query: Query) -> list[Row]:
+        """Totals grouped as ``query`` says, buffered records included."""
+        ...
+
+    async def spent(self, scope: Literal["client", "pool"], name: str, since: float) -> Totals:
+        """Totals for one client or pool since a unix time (budgets at startup)."""
+        ...
+
+
+class StoreError(ModelpoolError):
+    """The usage store cannot be used: missing, unreadable, or written by a newer modelpool."""
+
+
+def sqlite_path(store: str) -> Path:
+    """The file a ``usage.store`` names: ``sqlite:///ABS`` or a plain path (as given)."""
+    if store.startswith("sqlite://"):
+        return Path("/" + store.removeprefix("sqlite://").lstrip("/"))
+    if "://" in store:
+        kind = store.split("://", 1)[0]  # never the rest: a URL may carry a password
+        message = (
+            "Redis stores come with shared state (not yet in this build)"
+            if kind in ("redis", "rediss")
+            else f"unknown store kind {kind!r}"
+        )
+        raise ConfigError(
+            [ConfigIssue("config", None, "usage.store", f"{message}; use sqlite:///PATH or a path")]
+        )
+    return Path(store)
+
+
+def open_store(spec: UsageSpec) -> UsageStore | None:
+    """The store ``spec`` names, not yet opened (the caller awaits ``open``, then ``close``);
+    None for ``usage.store: none``."""
+    from modelpool.usage.sqlite import SQLiteStore  # here: sqlite.py imports this module
+
+    if spec.store == "none":
+        return None
+    return SQLiteStore(
+        sqlite_path(spec.store), flush_interval=spec.flush_interval, retention=spec.retention
+    )
