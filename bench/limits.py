@@ -86,6 +86,10 @@ class Variant:
     client_limits: dict[str, int] | None = None
     rate_bound: bool = False
     """The rpm binds: only the closed-loop run means something (after a drain)."""
+    model_extra: dict[str, object] = field(default_factory=dict)
+    client_extra: dict[str, object] = field(default_factory=dict)
+    usage: dict[str, object] | None = None
+    """The ``usage:`` section; default: a SQLite file of the variant's own."""
 
 
 VARIANTS = (
@@ -110,15 +114,17 @@ VARIANTS = (
 )
 
 
-def config_for(variant: Variant, port: int, upstream: int) -> dict[str, object]:
+def config_for(variant: Variant, index: int, port: int, upstream: int) -> dict[str, object]:
     model: dict[str, object] = {
         "provider": "bench-upstream",
         "upstream_model": "bench-upstream",
         "capabilities": ["chat", "completions", "stream"],
+        **variant.model_extra,
     }
     if variant.model_limits:
         model["limits"] = variant.model_limits
     client: dict[str, object] = {"key_sha256": hashlib.sha256(KEY.encode()).hexdigest()}
+    client |= variant.client_extra
     if variant.client_limits:
         client["limits"] = variant.client_limits
     return {
@@ -134,6 +140,7 @@ def config_for(variant: Variant, port: int, upstream: int) -> dict[str, object]:
         "models": {"bench-json": model},
         "pools": {POOL: {"members": ["bench-json"], **variant.pool}},
         "clients": {"bench": client},
+        "usage": variant.usage or {"store": f"usage-{index}.db"},
     }
 
 
@@ -162,12 +169,11 @@ def answers_200(port: int) -> bool:
 
 
 def launch(
-    procs: Processes, workdir: Path, cpus: CpuPlan, variant: Variant, upstream: int
+    procs: Processes, workdir: Path, cpus: CpuPlan, variant: Variant, index: int, upstream: int
 ) -> Target:
     port = free_port()
-    index = VARIANTS.index(variant)
     config = workdir / f"modelpool-{index}.yaml"
-    config.write_text(yaml.safe_dump(config_for(variant, port, upstream), sort_keys=False))
+    config.write_text(yaml.safe_dump(config_for(variant, index, port, upstream), sort_keys=False))
     argv = [*cpus.prefix(cpus.proxy), str(modelpool_executable()), "run", str(config)]
     proc = procs.start(f"modelpool-{index}", argv)
     deadline = time.monotonic() + 30
@@ -303,7 +309,9 @@ def _number(value: float) -> str:
 # --- main --------------------------------------------------------------------------------
 
 
-def run(plan: Plan, workdir: Path, say: Callable[[str], None]) -> tuple[str, dict[str, Samples]]:
+def run(
+    plan: Plan, workdir: Path, say: Callable[[str], None], variants: Sequence[Variant] = VARIANTS
+) -> tuple[str, dict[str, Samples]]:
     cpus = cpu_plan()
     began = time.monotonic()
     with Processes(workdir) as procs:
@@ -313,7 +321,7 @@ def run(plan: Plan, workdir: Path, say: Callable[[str], None]) -> tuple[str, dic
         else:
             say("WARNING: fewer than 2 CPUs available; nothing is pinned")
         upstream = start_upstream(procs, cpus, Settings())
-        targets = [launch(procs, workdir, cpus, v, upstream) for v in VARIANTS]
+        targets = [launch(procs, workdir, cpus, v, i, upstream) for i, v in enumerate(variants)]
         for target in targets:
             say(f"{target.variant.name}: port {target.port}; warming up")
             warm_up(procs, workdir, cpus, plan, target)
@@ -324,7 +332,7 @@ def run(plan: Plan, workdir: Path, say: Callable[[str], None]) -> tuple[str, dic
                 say(f"rep {rep + 1}/{plan.reps}: {target.variant.name}")
                 measure_once(procs, workdir, cpus, plan, target, samples[target.variant.name])
         foreign = noise.foreign_cpus()
-    rows = [(v, samples[v.name]) for v in VARIANTS]
+    rows = [(v, samples[v.name]) for v in variants]
     pinned = (
         f"modelpool pinned to cpu {cpus.proxy}, upstream and wrk on cpu {cpus.load}"
         if cpus.pinned
@@ -346,8 +354,12 @@ def run(plan: Plan, workdir: Path, say: Callable[[str], None]) -> tuple[str, dic
     return "\n".join(report), samples
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="modelpool with limits and a queue vs. without.")
+def main(
+    argv: Sequence[str] | None = None,
+    variants: Sequence[Variant] = VARIANTS,
+    description: str = "modelpool with limits and a queue vs. without.",
+) -> int:
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--reps", type=int, default=Plan.reps, help="repetitions (default 3)")
     parser.add_argument("--json", type=Path, help="also write every run's numbers here")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
@@ -361,10 +373,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     def say(message: str) -> None:
         print(f"[bench] {message}", file=sys.stderr, flush=True)
 
-    workdir = Path(tempfile.mkdtemp(prefix="modelpool-bench-limits-"))
+    workdir = Path(tempfile.mkdtemp(prefix="modelpool-bench-variants-"))
     keep = args.keep
     try:
-        report, samples = run(plan, workdir, say)
+        report, samples = run(plan, workdir, say, variants)
         if args.json:
             args.json.write_text(json.dumps(samples, indent=2))
     except KeyboardInterrupt:

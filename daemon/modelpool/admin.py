@@ -15,11 +15,15 @@ from modelpool.breaker import Breaker, State
 from modelpool.clock import Clock, SystemClock
 from modelpool.config.semantic import is_loopback
 from modelpool.describe import config_json
+from modelpool.errors import BadRequest
 from modelpool.limits import Gate
 from modelpool.metrics import Metrics
 from modelpool.reload import Reloader
 from modelpool.state import ModelState
 from modelpool.table import RoutingTable, TableHolder
+from modelpool.usage.accounting import Accountant
+from modelpool.usage.cli_report import DEFAULT_GROUP_BY, UsageArgs, build_query
+from modelpool.usage.report import report_json
 
 Report = Mapping[str, Mapping[str, Any]]
 
@@ -41,8 +45,10 @@ class AdminApi:
         *,
         health: HealthView | None = None,
         clock: Clock | None = None,
+        accountant: Accountant | None = None,
     ) -> None:
         self._clock: Clock = clock or SystemClock()
+        self._accountant = accountant
         self._holder = holder
         self._reloader = reloader
         self._metrics = metrics
@@ -56,6 +62,7 @@ class AdminApi:
             web.get("/admin/status", self.status),
             web.post("/admin/reload", self.reload),
             web.get("/admin/config", self.config),
+            web.get("/admin/usage", self.usage),
         ]
 
     async def metrics(self, request: web.Request) -> web.Response:
@@ -69,6 +76,30 @@ class AdminApi:
         self._authorize(request)
         table = self._holder.current
         body = {"generation": table.generation, "config": config_json(table.config)}
+        return web.json_response(body, dumps=lambda v: orjson.dumps(v).decode())
+
+    async def usage(self, request: web.Request) -> web.Response:
+        """What ``modelpool usage --json`` prints, exact to this moment (buffered records
+        included), plus every budget meter. Query: since, until, by, client, pool, model."""
+        self._authorize(request)
+        store = self._accountant.store if self._accountant is not None else None
+        if self._accountant is None or store is None:
+            raise web.HTTPNotFound(reason="this daemon keeps no usage store")
+        q = request.query
+        args = UsageArgs(
+            since=q.get("since"),
+            until=q.get("until"),
+            by=q.get("by", DEFAULT_GROUP_BY),
+            client=q.get("client"),
+            pool=q.get("pool"),
+            model=q.get("model"),
+        )
+        try:
+            query = build_query(args, time.time())
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
+        body = report_json(await store.report(query), query.group_by)
+        body["budgets"] = self._accountant.book.status()
         return web.json_response(body, dumps=lambda v: orjson.dumps(v).decode())
 
     async def reload(self, request: web.Request) -> web.Response:

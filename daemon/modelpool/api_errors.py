@@ -21,6 +21,7 @@ from aiohttp import web
 from modelpool.errors import (
     AllAttemptsFailed,
     AllDown,
+    BudgetExceeded,
     ModelpoolError,
     NoCapacity,
     RequestError,
@@ -103,8 +104,10 @@ def render(exc: ModelpoolError, api: Api = "openai") -> web.Response:
             headers={"x-modelpool-attempts": str(attempts)},
             api=api,
         )
-    if isinstance(exc, NoCapacity):
-        return error_response(429, exc.message, code=exc.code, retry_after=exc.retry_after, api=api)
+    if isinstance(exc, NoCapacity | BudgetExceeded):
+        return error_response(
+            exc.status, exc.message, code=exc.code, retry_after=exc.retry_after, api=api
+        )
     if isinstance(exc, RoutingError):
         return error_response(exc.status, exc.message, code=exc.code, api=api)
     if isinstance(exc, UpstreamStatusError):

@@ -28,6 +28,8 @@ from modelpool.reload import Reloader
 from modelpool.state import StateRegistry
 from modelpool.table import TableHolder
 from modelpool.upstream import Transports
+from modelpool.usage.accounting import Accountant
+from modelpool.usage.store import open_store
 
 log = logging.getLogger("modelpool")
 
@@ -39,6 +41,7 @@ METRICS = web.AppKey("metrics", Metrics)
 RELOADER = web.AppKey("reloader", Reloader)
 BACKGROUND = web.AppKey("background", set[asyncio.Task[object]])
 HEALTH = web.AppKey("health", HealthChecker)
+ACCOUNTANT = web.AppKey("accountant", Accountant)
 
 
 def build_app(
@@ -56,7 +59,8 @@ def build_app(
         compile_table(config, generation=1, registry=registry, transports=transports)
     )
     metrics = Metrics()
-    dispatcher = Dispatcher(clock, metrics=metrics)
+    accountant = Accountant(open_store(config.usage), metrics)
+    dispatcher = Dispatcher(clock, metrics=metrics, accountant=accountant)
     watch_capacity_of(metrics, lambda: holder.current)
     metrics.watch_breakers(
         lambda: ((name, model.state.breaker) for name, model in holder.current.models.items())
@@ -74,9 +78,16 @@ def build_app(
     app[RELOADER] = reloader
     app[BACKGROUND] = set()
     app[HEALTH] = checker
+    app[ACCOUNTANT] = accountant
     app.add_routes(ProxyApi(holder, dispatcher).routes())
-    app.add_routes(AdminApi(holder, reloader, metrics, health=checker, clock=clock).routes())
+    app.add_routes(
+        AdminApi(
+            holder, reloader, metrics, health=checker, clock=clock, accountant=accountant
+        ).routes()
+    )
     app.cleanup_ctx.append(_close_transports)
+    app.cleanup_ctx.append(_usage_store)
+    _warn_about_accounting(config)
     if watch:
         app.cleanup_ctx.append(_watch_files)
     if health:
@@ -121,6 +132,30 @@ async def _check_health(app: web.Application) -> AsyncIterator[None]:
         await asyncio.wait_for(task, timeout=5)
     except TimeoutError:
         log.warning("health checker did not stop in time")
+
+
+async def _usage_store(app: web.Application) -> AsyncIterator[None]:
+    """The store opens before the first request and closes (flushing everything) last."""
+    store = app[ACCOUNTANT].store
+    if store is None:
+        yield
+        return
+    await store.open()
+    yield
+    await store.close()
+
+
+def _warn_about_accounting(config: Config) -> None:
+    for name, model in config.models.items():
+        if model.price is None and config.providers[model.provider].type != "mock":
+            log.warning(
+                "model has no price: its requests are counted as cost_unknown, not $0",
+                extra={"model": name},
+            )
+    budgets = [c.budget for c in config.clients.values()]
+    budgets += [p.budget for p in config.pools.values()]
+    if config.usage.store == "none" and any(not b.empty for b in budgets):
+        log.warning("usage.store is none: budgets start from zero each time the daemon starts")
 
 
 async def _close_transports(app: web.Application) -> AsyncIterator[None]:

@@ -22,7 +22,7 @@ import asyncio
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from modelpool.answers import json_answer, stream_head
 from modelpool.balance import NO_HINT
@@ -32,8 +32,10 @@ from modelpool.errors import (
     AllAttemptsFailed,
     AllDown,
     BadRequest,
+    BudgetExceeded,
     ContextTooLong,
     NoCapacity,
+    RequestError,
     RouteNotFound,
     UpstreamError,
 )
@@ -46,6 +48,8 @@ from modelpool.request import ProxyRequest
 from modelpool.retry import backoff, judge
 from modelpool.table import Member, Model, Pool, RoutingTable
 from modelpool.tokens import Estimate, estimate
+from modelpool.usage.accounting import Accountant
+from modelpool.usage.record import ANONYMOUS, NO_MODEL
 from modelpool.waitqueue import POLL, QueueFull, QueueTimeout
 
 __all__ = ["Dispatcher", "ProxyRequest", "Served"]
@@ -81,6 +85,19 @@ class Served:
     def used_tokens(self) -> int | None:
         usage = self.usage
         return None if usage is None else usage.total_tokens
+
+    def billed(self, prompt_tokens: int, cut_short: bool) -> Usage | None:
+        """What to charge: the upstream's usage, or for a stream cut short (client gone,
+        upstream broke) what was seen of it — about one token per relayed event past the
+        first two, on top of the reported (or estimated) prompt."""
+        reported = self.usage
+        if not cut_short or self.relay is None:
+            return reported
+        seen = reported or Usage()
+        output = max(seen.output_tokens, self.relay.events - 2)
+        if seen.prompt_tokens:
+            return replace(seen, output_tokens=output)
+        return Usage(input_tokens=prompt_tokens, output_tokens=output)
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,11 +157,13 @@ class Dispatcher:
         *,
         metrics: Metrics | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        accountant: Accountant | None = None,
     ) -> None:
         self._clock = clock
         self._rng = rng or random.Random()
         self._metrics = metrics or Metrics()
         self._sleep = sleep
+        self._accountant = accountant or Accountant(None, self._metrics)
 
     def resolve(self, table: RoutingTable, name: str) -> Pool:
         route = table.routes.get(name)
@@ -210,18 +229,38 @@ class Dispatcher:
         its model's limits. Everything taken is given back exactly once, with
         the tokens the answer really used.
         """
-        route = self.resolve(table, request.route)
+        route = self._route(table, request)
         guess = estimate(request.endpoint, request.body, route.limits.default_max_tokens)
         lease = Lease()
-        used: int | None = None
+        bill = self._accountant.open(request, route)
+        served: Served | None = None
+        outcome = "error"
         try:
             await self._enter(table, route, request, guess.total, lease)
+            await self._accountant.admit(bill, table, route, request, guess)
             async with self._walk(table, route, request, guess) as served:
+                bill.served_by(served.member.model.name, served.member.model.spec.price)
                 yield served
-                used = served.used_tokens
+            outcome = "ok" if served.broken is None else "error"
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            raise
+        except (RequestError, NoCapacity, BudgetExceeded):
+            outcome = "rejected"
+            raise
         finally:
-            lease.release(used)
+            usage = None if served is None else served.billed(guess.input_tokens, outcome != "ok")
+            lease.release(None if usage is None else usage.total_tokens)
             route.state.queue.notify()
+            self._accountant.close(bill, outcome, usage)
+
+    def _route(self, table: RoutingTable, request: ProxyRequest) -> Pool:
+        try:
+            return self.resolve(table, request.route)
+        except RouteNotFound:
+            client = request.client.name if request.client is not None else ANONYMOUS
+            self._metrics.requests.labels(client, "other", NO_MODEL, "rejected").inc()
+            raise
 
     async def _enter(
         self, table: RoutingTable, route: Pool, request: ProxyRequest, tokens: int, lease: Lease
@@ -415,6 +454,8 @@ class Dispatcher:
         model = member.model
         state = model.state
         state.breaker.succeeded(model.spec.breaker)
+        stream = "true" if answer.rest is not None else "false"
+        self._metrics.upstream_latency.labels(model.name, stream).observe(answer.latency)
         outcome: list[Served] = []
         try:
             yield outcome

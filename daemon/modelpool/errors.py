@@ -18,6 +18,8 @@ decides whether one is worth another attempt.
     │   └── PayloadTooLarge         413: body over server.max_body_bytes
     ├── RoutingError                modelpool could not find an upstream to serve
     │   ├── NoCapacity              429: every member is limited (carries retry_after)
+    │   ├── BudgetExceeded          429 (or 402): a client's or pool's budget is used up
+    │   │                           until its period resets (carries retry_after)
     │   ├── AllDown                 503 (429 if only rate-limited) at once: every member's
     │   │                           breaker is open; Retry-After = the earliest reopening
     │   └── AllAttemptsFailed       502/503/504: every attempt failed (keeps them all)
@@ -177,6 +179,17 @@ class NoCapacity(RoutingError):
 
     def __init__(self, message: str, *, retry_after: float) -> None:
         super().__init__(message)
+        self.retry_after = retry_after
+
+
+class BudgetExceeded(RoutingError):
+    """A client's or pool's budget for the period is used up."""
+
+    code = "budget_exceeded"
+
+    def __init__(self, message: str, *, status: int, retry_after: float) -> None:
+        super().__init__(message)
+        self.status = status
         self.retry_after = retry_after
 
 

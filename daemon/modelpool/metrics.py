@@ -70,6 +70,48 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.requests = Counter(
+            "modelpool_requests",
+            "Finished client requests by client, pool (asked for), model (that served) and "
+            "outcome (ok, error, cancelled, rejected). Names come from the config; '-' is "
+            "none, 'other' anything the config does not name.",
+            ["client", "pool", "model", "outcome"],
+            registry=self.registry,
+        )
+        self.tokens = Counter(
+            "modelpool_tokens",
+            "Tokens used, by kind (input, output, cache_read, cache_write).",
+            ["client", "pool", "model", "kind"],
+            registry=self.registry,
+        )
+        self.cost = Counter(
+            "modelpool_cost_usd",
+            "Cost in USD from the models' prices.",
+            ["client", "pool", "model"],
+            registry=self.registry,
+        )
+        self.cost_unknown = Counter(
+            "modelpool_cost_unknown_requests",
+            "Requests served by a model with no price: their cost is not in modelpool_cost_usd.",
+            ["client", "pool", "model"],
+            registry=self.registry,
+        )
+        self.upstream_latency = Histogram(
+            "modelpool_upstream_latency_seconds",
+            "Time from sending an attempt to its first event (streams: time to first token) "
+            "or its whole body, for attempts that were served.",
+            ["model", "stream"],
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120),
+            registry=self.registry,
+        )
+        self.request_duration = Histogram(
+            "modelpool_request_duration_seconds",
+            "Whole client requests, from admission to the last byte, by pool and outcome.",
+            ["pool", "outcome"],
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120, 300),
+            registry=self.registry,
+        )
+
     def watch_breakers(self, models: Callable[[], Iterable[tuple[str, Breaker]]]) -> None:
         """Expose every breaker's state, read at scrape time (nothing on the hot path)."""
         self.registry.register(_BreakerCollector(models))

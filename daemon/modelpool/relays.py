@@ -34,6 +34,8 @@ from modelpool.sse import DONE, EventReader, Unfinished, data_event, named_event
 
 class StreamRelay(Protocol):
     usage: Usage | None
+    events: int
+    """Upstream data events seen so far: what a stream cut short is charged by."""
 
     def feed(self, chunk: bytes) -> bytes: ...
 
@@ -80,15 +82,17 @@ class OpenAIPassthrough:
     whole events only, holding an unfinished one until its end arrives.
     """
 
-    __slots__ = ("_held", "_model", "_strip", "usage")
+    __slots__ = ("_held", "_model", "_strip", "events", "usage")
 
     def __init__(self, model: str, *, strip_usage: bool) -> None:
         self._model = model
         self._strip = strip_usage
         self._held = Unfinished()
         self.usage: Usage | None = None
+        self.events = 0
 
     def feed(self, chunk: bytes) -> bytes:
+        self.events += chunk.count(b"data:")
         try:
             whole = self._whole(chunk)
         except ValueError as exc:
@@ -148,14 +152,16 @@ class AnthropicPassthrough:
     """Anthropic upstream → Anthropic client: bytes as they came, usage from
     ``message_start`` and ``message_delta``."""
 
-    __slots__ = ("_model", "_reader", "usage")
+    __slots__ = ("_model", "_reader", "events", "usage")
 
     def __init__(self, model: str) -> None:
         self._model = model
         self._reader = EventReader()
         self.usage: Usage | None = None
+        self.events = 0
 
     def feed(self, chunk: bytes) -> bytes:
+        self.events += chunk.count(b"data:")
         for kind, data in _events(self._reader, chunk, self._model):
             if kind in ("message_start", "message_delta"):
                 self.usage = _anthropic_usage(self.usage, kind, _payload(data, self._model))
@@ -180,15 +186,17 @@ def _anthropic_usage(usage: Usage | None, kind: str, event: Any) -> Usage | None
 class AnthropicToOpenAI:
     """Anthropic upstream → OpenAI client."""
 
-    __slots__ = ("_model", "_reader", "_translator", "usage")
+    __slots__ = ("_model", "_reader", "_translator", "events", "usage")
 
     def __init__(self, model: str, *, include_usage: bool) -> None:
         self._model = model
         self._reader = EventReader()
         self._translator = AnthropicToOpenAIStream(include_usage=include_usage)
         self.usage: Usage | None = None
+        self.events = 0
 
     def feed(self, chunk: bytes) -> bytes:
+        self.events += chunk.count(b"data:")
         out = []
         for kind, data in _events(self._reader, chunk, self._model):
             if kind == "ping":
@@ -215,15 +223,17 @@ class AnthropicToOpenAI:
 class OpenAIToAnthropic:
     """OpenAI upstream → Anthropic client."""
 
-    __slots__ = ("_model", "_reader", "_translator", "usage")
+    __slots__ = ("_model", "_reader", "_translator", "events", "usage")
 
     def __init__(self, model: str, *, input_tokens: int) -> None:
         self._model = model
         self._reader = EventReader()
         self._translator = OpenAIToAnthropicStream(input_tokens=input_tokens)
         self.usage: Usage | None = None
+        self.events = 0
 
     def feed(self, chunk: bytes) -> bytes:
+        self.events += chunk.count(b"data:")
         out = []
         for _, data in _events(self._reader, chunk, self._model):
             if data == b"[DONE]":
