@@ -144,6 +144,7 @@ def _check(path: str) -> int:
 def _run(path: str, listen: str | None, log_format: str | None) -> int:
     from modelpool.app import serve
     from modelpool.logs import setup_logging
+    from modelpool.usage.store import StoreError
 
     try:
         config = load_config(path)
@@ -158,7 +159,11 @@ def _run(path: str, listen: str | None, log_format: str | None) -> int:
         )
         return 1
     setup_logging(log_format or config.server.log_format, config.server.log_level)
-    return _event_loop_run(serve(config, host, port))
+    try:
+        return _event_loop_run(serve(config, host, port))
+    except (ConfigError, StoreError) as exc:  # the usage store could not be opened
+        print(exc, file=sys.stderr)
+        return 1
 
 
 def _usage(args: argparse.Namespace) -> int:
