@@ -15,8 +15,10 @@ from modelpool.breaker import Breaker, State
 from modelpool.clock import Clock, SystemClock
 from modelpool.config.semantic import is_loopback
 from modelpool.describe import config_json
+from modelpool.drain import Drain
 from modelpool.errors import BadRequest
 from modelpool.limits import Gate
+from modelpool.listeners import via_unix_socket
 from modelpool.metrics import Metrics
 from modelpool.reload import Reloader
 from modelpool.state import ModelState
@@ -46,9 +48,11 @@ class AdminApi:
         health: HealthView | None = None,
         clock: Clock | None = None,
         accountant: Accountant | None = None,
+        drain: Drain | None = None,
     ) -> None:
         self._clock: Clock = clock or SystemClock()
         self._accountant = accountant
+        self._drain = drain
         self._holder = holder
         self._reloader = reloader
         self._metrics = metrics
@@ -117,11 +121,12 @@ class AdminApi:
         """Ready while some pool can serve now: a member (or failover member) not broken."""
         table = self._holder.current
         pools = {name: can_serve(table, name) for name in table.pools or table.routes}
-        ready = any(pools.values())
-        return web.json_response(
-            {"ready": ready, "generation": table.generation, "pools": pools},
-            status=200 if ready else 503,
-        )
+        draining = self._drain is not None and self._drain.draining
+        ready = any(pools.values()) and not draining
+        body = {"ready": ready, "generation": table.generation, "pools": pools}
+        if draining:
+            body["draining"] = True
+        return web.json_response(body, status=200 if ready else 503)
 
     async def status(self, request: web.Request) -> web.Response:
         self._authorize(request)
@@ -171,7 +176,7 @@ class AdminApi:
         token = self._holder.current.config.server.admin_token
         if token is None:
             # No token: only this host may look, even when the proxy listens wider.
-            if not is_loopback(request.remote or ""):
+            if not is_loopback(request.remote or "") and not via_unix_socket(request):
                 raise web.HTTPForbidden(reason="admin endpoints need server.admin_token off-host")
             return
         given = request.headers.get("Authorization", "").removeprefix("Bearer ").encode()

@@ -9,14 +9,17 @@ business (``modelpool.bridge``), error formats ``api_errors``'.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import orjson
 from aiohttp import web
 
+from modelpool.access import TRACE
 from modelpool.auth import authorize
 from modelpool.dispatch import Dispatcher, Served
-from modelpool.errors import BadRequest, PayloadTooLarge, UpstreamError
+from modelpool.drain import Drain, cut_short
+from modelpool.errors import BadRequest, PayloadTooLarge, ShuttingDown, UpstreamError
 from modelpool.providers.anthropic import FORWARDED
 from modelpool.registry_view import models_listing
 from modelpool.request import ProxyRequest, forwarded_headers
@@ -83,9 +86,10 @@ def check_body(endpoint: str, body: dict[str, Any]) -> bool:
 
 
 class ProxyApi:
-    def __init__(self, holder: TableHolder, dispatcher: Dispatcher) -> None:
+    def __init__(self, holder: TableHolder, dispatcher: Dispatcher, drain: Drain) -> None:
         self._holder = holder
         self._dispatcher = dispatcher
+        self._drain = drain
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -137,22 +141,29 @@ class ProxyApi:
         authorize(client, body["model"])
         forwarded = forwarded_headers(request.headers, FORWARDED)
         proxy_request = ProxyRequest(endpoint, body["model"], body, stream, client, forwarded)
-        async with self._dispatcher.serve(table, proxy_request) as served:
-            headers = {
-                "x-modelpool-pool": served.pool,
-                "x-modelpool-model": served.member.model.name,
-                "x-modelpool-attempts": str(served.attempts),
-                "x-modelpool-failovers": str(served.failovers),
-            }
-            if served.rest is None:
-                return web.Response(
-                    body=served.body, headers=headers, content_type="application/json"
-                )
-            return await _relay(request, served, headers)
+        request[TRACE] = proxy_request.trace  # the access log reads the bill from it
+        try:
+            async with self._dispatcher.serve(table, proxy_request) as served:
+                headers = {
+                    "x-modelpool-pool": served.pool,
+                    "x-modelpool-model": served.member.model.name,
+                    "x-modelpool-attempts": str(served.attempts),
+                    "x-modelpool-failovers": str(served.failovers),
+                }
+                if served.rest is None:
+                    return web.Response(
+                        body=served.body, headers=headers, content_type="application/json"
+                    )
+                return await _relay(request, served, headers, self._drain)
+        except asyncio.CancelledError:
+            if cut_short(self._drain):  # nothing sent yet: say so with a status
+                message = "modelpool shut down before answering; retry"
+                raise ShuttingDown(message, retry_after=1) from None
+            raise
 
 
 async def _relay(
-    request: web.Request, served: Served, headers: dict[str, str]
+    request: web.Request, served: Served, headers: dict[str, str], drain: Drain
 ) -> web.StreamResponse:
     response = web.StreamResponse(headers={**headers, **STREAM_HEADERS})
     response.content_type = "text/event-stream"
@@ -172,6 +183,11 @@ async def _relay(
         # Bytes already went out: the status can't change, so say it in the stream.
         served.broken = exc
         tail = relay.fail(exc.message)
+    except asyncio.CancelledError:
+        if not cut_short(drain):
+            raise  # the client went away: nobody to tell
+        served.cut = True
+        tail = relay.fail("modelpool is shutting down; the answer was cut short")
     if tail:
         await response.write(tail)
     await response.write_eof()

@@ -26,6 +26,7 @@ from modelpool.errors import (
     NoCapacity,
     RequestError,
     RoutingError,
+    ShuttingDown,
     UpstreamError,
     UpstreamStatusError,
 )
@@ -104,7 +105,7 @@ def render(exc: ModelpoolError, api: Api = "openai") -> web.Response:
             headers={"x-modelpool-attempts": str(attempts)},
             api=api,
         )
-    if isinstance(exc, NoCapacity | BudgetExceeded):
+    if isinstance(exc, NoCapacity | BudgetExceeded | ShuttingDown):
         return error_response(
             exc.status, exc.message, code=exc.code, retry_after=exc.retry_after, api=api
         )

@@ -15,6 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
+from modelpool.access import access_middleware, add_request_id
 from modelpool.admin import AdminApi
 from modelpool.api import ProxyApi
 from modelpool.api_errors import error_middleware
@@ -22,8 +23,11 @@ from modelpool.clock import Clock, SystemClock
 from modelpool.compile import compile_table
 from modelpool.config.spec import Config
 from modelpool.dispatch import Dispatcher
+from modelpool.drain import Drain, drain_middleware
 from modelpool.health import HealthChecker
+from modelpool.listeners import ADMIN_SOCKETS, admin_gate, start_admin_listener
 from modelpool.metrics import Metrics, watch_capacity_of
+from modelpool.notify import Notifier
 from modelpool.reload import Reloader
 from modelpool.state import StateRegistry
 from modelpool.table import TableHolder
@@ -42,6 +46,7 @@ RELOADER = web.AppKey("reloader", Reloader)
 BACKGROUND = web.AppKey("background", set[asyncio.Task[object]])
 HEALTH = web.AppKey("health", HealthChecker)
 ACCOUNTANT = web.AppKey("accountant", Accountant)
+DRAIN = web.AppKey("drain", Drain)
 
 
 def build_app(
@@ -69,7 +74,15 @@ def build_app(
     checker = HealthChecker(lambda: holder.current, transports, clock)
     metrics.watch_health(checker.statuses)
 
-    app = web.Application(middlewares=[error_middleware], handler_args={"max_field_size": 16384})
+    drain = Drain()
+    middlewares = [
+        access_middleware(lambda: holder.current.config.server.access_log),
+        error_middleware,
+        admin_gate,
+        drain_middleware(drain),
+    ]
+    app = web.Application(middlewares=middlewares, handler_args={"max_field_size": 16384})
+    app.on_response_prepare.append(add_request_id)
     app[HOLDER] = holder
     app[REGISTRY] = registry
     app[TRANSPORTS] = transports
@@ -79,12 +92,13 @@ def build_app(
     app[BACKGROUND] = set()
     app[HEALTH] = checker
     app[ACCOUNTANT] = accountant
-    app.add_routes(ProxyApi(holder, dispatcher).routes())
-    app.add_routes(
-        AdminApi(
-            holder, reloader, metrics, health=checker, clock=clock, accountant=accountant
-        ).routes()
+    app[DRAIN] = drain
+    app[ADMIN_SOCKETS] = []
+    app.add_routes(ProxyApi(holder, dispatcher, drain).routes())
+    admin = AdminApi(
+        holder, reloader, metrics, health=checker, clock=clock, accountant=accountant, drain=drain
     )
+    app.add_routes(admin.routes())
     app.cleanup_ctx.append(_close_transports)
     app.cleanup_ctx.append(_usage_store)
     _warn_about_accounting(config)
@@ -164,7 +178,13 @@ async def _close_transports(app: web.Application) -> AsyncIterator[None]:
 
 
 async def serve(config: Config, host: str, port: int) -> int:
-    """Serve until SIGTERM or SIGINT; return the process exit code."""
+    """Serve until SIGTERM or SIGINT, drain, and return the process exit code.
+
+    Under systemd (``NOTIFY_SOCKET``) it says READY once every listener is up,
+    RELOADING/READY around each SIGHUP reload, STOPPING when the drain starts,
+    and pings the watchdog with a status line until it exits.
+    """
+    notifier = Notifier.from_environ()
     app = build_app(config, watch=True, health=True)
     runner = web.AppRunner(
         app, handler_cancellation=True, access_log=None, shutdown_timeout=config.server.grace_period
@@ -178,12 +198,62 @@ async def serve(config: Config, host: str, port: int) -> int:
         log.info(
             "listening", extra={"url": f"http://{shown}:{bound_port}", "config": config.source}
         )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, lambda: spawn(app, app[RELOADER].reload("sighup")))
-    await stop.wait()
+    if config.server.admin_listen is not None:
+        where = await start_admin_listener(runner, app, config.server.admin_listen)
+        log.info("admin listening", extra={"url": where})
+    signals = _Signals(app, notifier)
+    notifier.ready(_status(app))
+    watchdog_stop = asyncio.Event()  # its own: the watchdog keeps pinging through the drain
+    watchdog = asyncio.create_task(notifier.run_watchdog(watchdog_stop, lambda: _status(app)))
+    await signals.first_stop.wait()
+    notifier.stopping(f"draining {app[DRAIN].in_flight} requests in flight")
+    await _drain(app, app[HOLDER].current.config.server.grace_period, signals.second_stop)
     log.info("stopping")
     await runner.cleanup()
+    watchdog_stop.set()
+    await watchdog
+    notifier.close()
     return 0
+
+
+def _status(app: web.Application) -> str:
+    """The one line systemd shows: what is serving, and how busy it is."""
+    table, reload = app[HOLDER].current, app[RELOADER].last
+    return (
+        f"serving generation {table.generation}, {app[DRAIN].in_flight} in flight; "
+        f"last reload {reload.result} ({reload.trigger})"
+    )
+
+
+async def _reload(app: web.Application, notifier: Notifier) -> None:
+    """SIGHUP as systemd's reload protocol wants it: RELOADING=1, then READY=1 whatever happens."""
+    notifier.reloading()
+    try:
+        await app[RELOADER].reload("sighup")
+    finally:
+        notifier.reloaded(_status(app))
+
+
+class _Signals:
+    """SIGTERM/SIGINT once: drain; twice: cut what is left. SIGHUP: reload."""
+
+    def __init__(self, app: web.Application, notifier: Notifier) -> None:
+        self.first_stop = asyncio.Event()
+        self.second_stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop)
+        loop.add_signal_handler(signal.SIGHUP, lambda: spawn(app, _reload(app, notifier)))
+
+    def _stop(self) -> None:
+        (self.second_stop if self.first_stop.is_set() else self.first_stop).set()
+
+
+async def _drain(app: web.Application, grace: float, interrupt: asyncio.Event) -> None:
+    drain = app[DRAIN]
+    drain.start()
+    if drain.in_flight:
+        log.info("draining", extra={"in_flight": drain.in_flight, "grace_period_s": grace})
+    if not await drain.finish(grace, interrupt):
+        log.warning("cutting requests still in flight", extra={"in_flight": drain.in_flight})
+        await drain.cut()

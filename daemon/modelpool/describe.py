@@ -33,13 +33,20 @@ def describe(config: Config) -> str:
     return redact("\n".join(lines), config)
 
 
+HIDDEN_URL = "(hidden; server.expose_upstream_urls shows it)"
+
+
 def config_json(config: Config) -> Any:
-    """The whole validated config as JSON-ready data, secrets masked (for /admin/config)."""
+    """The whole validated config as JSON-ready data, secrets masked (for /admin/config);
+    providers' base URLs too unless ``server.expose_upstream_urls``."""
     masks = [secret.reveal() for secret in config.secrets if len(secret.reveal()) >= 4]
+    hide_urls = not config.server.expose_upstream_urls
 
     def walk(value: Any) -> Any:
         if isinstance(value, Secret):
             return "***"
+        if isinstance(value, ProviderSpec) and hide_urls and value.base_url != HIDDEN_URL:
+            return walk(dataclasses.replace(value, base_url=HIDDEN_URL))
         if dataclasses.is_dataclass(value) and not isinstance(value, type):
             fields = (f.name for f in dataclasses.fields(value) if f.name not in ("secrets",))
             return {name: walk(getattr(value, name)) for name in fields}

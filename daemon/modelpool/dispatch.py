@@ -75,6 +75,8 @@ class Served:
     """The usage a whole (non-streaming) answer reported."""
     broken: UpstreamError | None = None
     """Set by the relay when the upstream broke the stream after it had started."""
+    cut: bool = False
+    """Set by the relay when a shutdown cut the stream short."""
 
     @property
     def usage(self) -> Usage | None:
@@ -232,7 +234,7 @@ class Dispatcher:
         route = self._route(table, request)
         guess = estimate(request.endpoint, request.body, route.limits.default_max_tokens)
         lease = Lease()
-        bill = self._accountant.open(request, route)
+        bill = request.trace["bill"] = self._accountant.open(request, route)
         served: Served | None = None
         outcome = "error"
         try:
@@ -240,13 +242,20 @@ class Dispatcher:
             await self._accountant.admit(bill, table, route, request, guess)
             async with self._walk(table, route, request, guess) as served:
                 bill.served_by(served.member.model.name, served.member.model.spec.price)
+                bill.attempts = served.attempts
                 yield served
-            outcome = "ok" if served.broken is None else "error"
+            outcome = "cancelled" if served.cut else "ok" if served.broken is None else "error"
         except asyncio.CancelledError:
             outcome = "cancelled"
             raise
         except (RequestError, NoCapacity, BudgetExceeded):
             outcome = "rejected"
+            raise
+        except AllAttemptsFailed as exc:
+            bill.attempts = len(exc.attempts)
+            raise
+        except AllDown as exc:
+            bill.attempts = exc.attempts
             raise
         finally:
             usage = None if served is None else served.billed(guess.input_tokens, outcome != "ok")

@@ -20,6 +20,7 @@ decides whether one is worth another attempt.
     │   ├── NoCapacity              429: every member is limited (carries retry_after)
     │   ├── BudgetExceeded          429 (or 402): a client's or pool's budget is used up
     │   │                           until its period resets (carries retry_after)
+    │   ├── ShuttingDown            503: the daemon is draining (carries retry_after)
     │   ├── AllDown                 503 (429 if only rate-limited) at once: every member's
     │   │                           breaker is open; Retry-After = the earliest reopening
     │   └── AllAttemptsFailed       502/503/504: every attempt failed (keeps them all)
@@ -190,6 +191,16 @@ class BudgetExceeded(RoutingError):
     def __init__(self, message: str, *, status: int, retry_after: float) -> None:
         super().__init__(message)
         self.status = status
+        self.retry_after = retry_after
+
+
+class ShuttingDown(RoutingError):
+    """The daemon is draining after SIGTERM: no new requests."""
+
+    code = "shutting_down"
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message)
         self.retry_after = retry_after
 
 

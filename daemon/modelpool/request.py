@@ -34,6 +34,8 @@ class ProxyRequest:
     client: ClientSpec | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
     """Client headers forwarded to upstreams that understand them (anthropic-beta)."""
+    trace: dict[str, Any] = field(default_factory=dict, compare=False)
+    """What the dispatcher leaves for the access log (the request's bill)."""
 
     @property
     def api(self) -> Api:

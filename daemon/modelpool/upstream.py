@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import os
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
 from types import SimpleNamespace
@@ -182,8 +183,9 @@ class HttpTransport:
 
 def _describe(exc: aiohttp.ClientError) -> str:
     if isinstance(exc, aiohttp.ClientConnectorError):
-        reason = exc.os_error.strerror or str(exc.os_error) or type(exc.os_error).__name__
-        return f"cannot connect to {exc.host}:{exc.port}: {reason}"
+        error = exc.os_error  # its str() names the address: keep only the reason
+        reason = os.strerror(error.errno) if error.errno else type(error).__name__
+        return f"cannot connect: {reason}"  # never the address: messages reach clients
     if isinstance(exc, aiohttp.ServerDisconnectedError):
         return "upstream closed the connection before responding"
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

@@ -10,6 +10,7 @@ own PID when the process did not stop in time.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -127,7 +128,9 @@ def listening_url(stdout_path: Path) -> str | None:
     return None
 
 
-def start_daemon(config: Path, log_dir: Path, *extra: str) -> Daemon:
+def start_daemon(
+    config: Path, log_dir: Path, *extra: str, env: dict[str, str] | None = None
+) -> Daemon:
     """Start `modelpool run CONFIG --listen 127.0.0.1:0` and wait until it listens.
 
     No --log-format: the default must already be one JSON object per line.
@@ -137,7 +140,12 @@ def start_daemon(config: Path, log_dir: Path, *extra: str) -> Daemon:
     args = ["run", str(config), "--listen", "127.0.0.1:0", *extra]
     with stdout_path.open("wb") as out, stderr_path.open("wb") as err:
         process = subprocess.Popen(
-            modelpool_command(*args), stdout=out, stderr=err, stdin=subprocess.DEVNULL, cwd=REPO
+            modelpool_command(*args),
+            stdout=out,
+            stderr=err,
+            stdin=subprocess.DEVNULL,
+            cwd=REPO,
+            env={**os.environ, **(env or {})},
         )
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:

@@ -138,6 +138,19 @@ def _listen(doc: Document, data: Mapping[str, Any]) -> Iterator[tuple[Path, str]
         yield ("server", "listen"), message
 
 
+def _admin_listen(doc: Document, data: Mapping[str, Any]) -> Iterator[tuple[Path, str]]:
+    server = data.get("server", {})
+    admin = server.get("admin_listen")
+    if admin is None or admin.startswith("unix:"):
+        return
+    host, port = parse_listen(admin)
+    if not 0 <= port <= 65535:
+        yield ("server", "admin_listen"), f"port {port} is out of range"
+    if not is_loopback(host) and "admin_token" not in server:
+        message = f"refusing to serve admin endpoints on non-loopback {host!r} without admin_token"
+        yield ("server", "admin_listen"), message
+
+
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -235,6 +248,7 @@ CHECKS: tuple[Check, ...] = (
     _clients,
     _names,
     _listen,
+    _admin_listen,
     _ordered_durations,
     _limits,
     _health,

@@ -191,6 +191,9 @@ class ServerSpec:
     log_format: str = "json"
     log_level: str = "info"
     access_log: bool = True
+    admin_listen: str | None = None
+    """host:port or unix:/path: where /admin/* and /metrics are served instead of `listen`."""
+    expose_upstream_urls: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -309,5 +312,7 @@ def server_from(raw: Mapping[str, Any], admin_token: Secret | None) -> ServerSpe
         grace_period=parse_duration(raw.get("grace_period", defaults.grace_period)),
         log_format=raw.get("log_format", defaults.log_format),
         log_level=raw.get("log_level", defaults.log_level),
+        admin_listen=raw.get("admin_listen"),
+        expose_upstream_urls=raw.get("expose_upstream_urls", False),
         access_log=raw.get("access_log", defaults.access_log),
     )

@@ -41,7 +41,12 @@ class Bill:
     model: str = NO_MODEL
     """The model that served, once one did."""
     price: Price | None = None
+    attempts: int = 0
     closed: bool = False
+    outcome: str = ""
+    usage: Usage | None = None
+    cost: float | None = None
+    """Set when the bill closes (what the access log reports)."""
 
     def served_by(self, model: str, price: Price | None) -> None:
         self.model, self.price = model, price
@@ -87,6 +92,7 @@ class Accountant:
         bill.closed = True
         usage = usage or Usage()
         cost = cost_of(usage, bill.price) if bill.model != NO_MODEL else 0.0
+        bill.outcome, bill.usage, bill.cost = outcome, usage, cost
         if bill.reservation is not None:
             bill.reservation.settle(cost or 0.0, usage.total_tokens)
         self._count(bill, outcome, usage, cost)
