@@ -73,6 +73,7 @@ async def add_request_id(request: web.Request, response: web.StreamResponse) -> 
 
 def _log(request: web.Request, status: int, seconds: float) -> None:
     fields: dict[str, Any] = {
+        "request_id": request.get(REQUEST_ID_KEY),
         "method": request.method,
         "path": request.path[:MAX_PATH],
         "status": status,

@@ -19,7 +19,13 @@ from modelpool.access import TRACE
 from modelpool.auth import authorize
 from modelpool.dispatch import Dispatcher, Served
 from modelpool.drain import Drain, cut_short
-from modelpool.errors import BadRequest, PayloadTooLarge, ShuttingDown, UpstreamError
+from modelpool.errors import (
+    BadRequest,
+    PayloadTooLarge,
+    RequestTimeout,
+    ShuttingDown,
+    UpstreamError,
+)
 from modelpool.providers.anthropic import FORWARDED
 from modelpool.registry_view import models_listing
 from modelpool.request import ProxyRequest, forwarded_headers
@@ -27,6 +33,8 @@ from modelpool.table import TableHolder
 from modelpool.tokens import estimate
 
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+BODY_TIMEOUT = 30.0
+"""A client trickling its body holds a handler at most this long (slowloris)."""
 
 
 async def read_json(request: web.Request, limit: int) -> dict[str, Any]:
@@ -34,10 +42,14 @@ async def read_json(request: web.Request, limit: int) -> dict[str, Any]:
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"request body of {request.content_length} bytes exceeds {limit}")
     raw = bytearray()
-    while chunk := await request.content.readany():
-        raw += chunk
-        if len(raw) > limit:
-            raise PayloadTooLarge(f"request body exceeds {limit} bytes")
+    try:
+        async with asyncio.timeout(BODY_TIMEOUT):
+            while chunk := await request.content.readany():
+                raw += chunk
+                if len(raw) > limit:
+                    raise PayloadTooLarge(f"request body exceeds {limit} bytes")
+    except TimeoutError:
+        raise RequestTimeout(f"request body not received within {BODY_TIMEOUT:g}s") from None
     if not raw:
         raise BadRequest("request body is empty; expected a JSON object")
     try:

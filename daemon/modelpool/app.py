@@ -49,6 +49,11 @@ ACCOUNTANT = web.AppKey("accountant", Accountant)
 DRAIN = web.AppKey("drain", Drain)
 
 
+KEEPALIVE_TIMEOUT = 15.0
+"""An idle connection — or one trickling its request headers (slowloris) — is closed
+after this long; aiohttp's own timer covers both."""
+
+
 def build_app(
     config: Config, *, clock: Clock | None = None, watch: bool = False, health: bool = False
 ) -> web.Application:
@@ -187,7 +192,11 @@ async def serve(config: Config, host: str, port: int) -> int:
     notifier = Notifier.from_environ()
     app = build_app(config, watch=True, health=True)
     runner = web.AppRunner(
-        app, handler_cancellation=True, access_log=None, shutdown_timeout=config.server.grace_period
+        app,
+        handler_cancellation=True,
+        access_log=None,  # modelpool's own access log (access.py) replaces aiohttp's
+        shutdown_timeout=config.server.grace_period,
+        keepalive_timeout=KEEPALIVE_TIMEOUT,
     )
     await runner.setup()
     site = web.TCPSite(runner, host, port, backlog=1024, reuse_address=True)

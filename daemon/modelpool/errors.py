@@ -15,6 +15,7 @@ decides whether one is worth another attempt.
     │   ├── Unauthorized            401: no or unknown client key (when clients are configured)
     │   ├── Forbidden               403: the client may not use that pool
     │   ├── RouteNotFound           404: no pool or model of that name
+    │   ├── RequestTimeout          408: the body did not arrive in time (slow client)
     │   └── PayloadTooLarge         413: body over server.max_body_bytes
     ├── RoutingError                modelpool could not find an upstream to serve
     │   ├── NoCapacity              429: every member is limited (carries retry_after)
@@ -92,6 +93,11 @@ class ContextTooLong(BadRequest):
     """The prompt is larger than the context window of every model that could serve it."""
 
     code = "context_length_exceeded"
+
+
+class RequestTimeout(RequestError):
+    status = 408
+    code = "request_timeout"
 
 
 class Unauthorized(RequestError):

@@ -36,6 +36,8 @@ from modelpool.errors import (
 )
 
 ERROR_BODY_LIMIT = 64 * 1024
+MAX_ANSWER_BYTES = 64 * 1024 * 1024
+"""The largest whole (non-streamed) answer read from an upstream."""
 
 
 class _Attempt:
@@ -271,8 +273,16 @@ class HttpResponse:
         return min(asyncio.get_running_loop().time() + self._idle, self._total_at)
 
     async def read(self) -> bytes:
-        """The whole body, under the same idle (between chunks) and total deadlines as a stream."""
-        return b"".join([chunk async for chunk in self.chunks()])
+        """The whole body, under the same idle (between chunks) and total deadlines as a
+        stream; a body over MAX_ANSWER_BYTES is the upstream's garbage, not kept."""
+        parts, size = [], 0
+        async for chunk in self.chunks():
+            size += len(chunk)
+            if size > MAX_ANSWER_BYTES:
+                message = f"{self._model}: answer larger than {MAX_ANSWER_BYTES} bytes"
+                raise UpstreamStreamBroken(message, model=self._model)
+            parts.append(chunk)
+        return b"".join(parts)
 
     async def chunks(self) -> AsyncIterator[bytes]:
         content = self._response.content
