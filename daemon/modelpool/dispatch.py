@@ -19,6 +19,7 @@ only cooling after a short upstream Retry-After, which is waited out.
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
@@ -41,7 +42,7 @@ from modelpool.errors import (
 )
 from modelpool.limits import Gate, Lease, blocking, take_all
 from modelpool.metrics import Metrics
-from modelpool.providers.base import Call, UpstreamResponse
+from modelpool.providers.base import Call, UpstreamResponse, credentials, scrub
 from modelpool.providers.translate import TranslationError, Usage
 from modelpool.relays import StreamRelay
 from modelpool.request import ProxyRequest
@@ -53,6 +54,8 @@ from modelpool.usage.record import ANONYMOUS, NO_MODEL
 from modelpool.waitqueue import POLL, QueueFull, QueueTimeout
 
 __all__ = ["Dispatcher", "ProxyRequest", "Served"]
+
+log = logging.getLogger("modelpool.dispatch")
 
 
 @dataclass(slots=True)
@@ -429,7 +432,12 @@ class Dispatcher:
             response, head, rest, relay, usage = await self._attempt(member, request, bridge, call)
         except UpstreamError as error:
             lease.release(0)
+            scrub(error, credentials(model.provider))
             verdict = judge(error)
+            log.debug(
+                "attempt failed",
+                extra={"model": model.name, "kind": verdict.kind, "error": error.message},
+            )
             if verdict.kind == "context_length":
                 progress.outgrow(model)
             self._metrics.upstream_errors.labels(model=model.name, kind=verdict.kind).inc()
@@ -450,6 +458,8 @@ class Dispatcher:
             state.finished(None, ok=None)
             raise
         latency = self._clock.now() - started
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("attempt answered", extra={"model": model.name, "latency_s": latency})
         return _Answer(response, head, rest, latency, lease, relay, usage)
 
     @asynccontextmanager

@@ -12,7 +12,8 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from modelpool.config.spec import Timeouts
+from modelpool.config.spec import ProviderSpec, Timeouts
+from modelpool.errors import UpstreamError, UpstreamStatusError
 
 ENDPOINTS = ("chat", "completions", "embeddings", "messages")
 Dialect = Literal["openai", "anthropic", "any"]
@@ -57,3 +58,21 @@ class Provider(Protocol):
     async def send(self, call: Call) -> UpstreamResponse: ...
 
     async def aclose(self) -> None: ...
+
+
+def credentials(spec: ProviderSpec) -> tuple[str, ...]:
+    """The provider's secret values: its key and any secret header."""
+    secrets = [spec.api_key] if spec.api_key is not None else []
+    secrets += [v for v in spec.headers.values() if not isinstance(v, str)]
+    return tuple(value for s in secrets if len(value := s.reveal()) >= 4)
+
+
+def scrub(error: UpstreamError, secrets: tuple[str, ...]) -> UpstreamError:
+    """Cut the provider's own credentials out of an upstream error, in place: some
+    upstreams echo the key they were sent, and the message goes to clients and logs."""
+    for secret in secrets:
+        if secret in error.message:
+            error.message = error.message.replace(secret, "***")
+        if isinstance(error, UpstreamStatusError) and secret.encode() in error.body:
+            error.body = error.body.replace(secret.encode(), b"***")
+    return error
