@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import re
 import time
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from e2e_daemon import EXAMPLE, REPO, closed_port, run_cli
+from e2e_daemon import EXAMPLE, REPO, closed_port, offline_example, run_cli, start_daemon
 from jsonschema import Draft202012Validator
 
 pytestmark = pytest.mark.e2e
@@ -208,3 +209,26 @@ def test_keygen_prints_a_key_and_its_sha256(tmp_path: Path) -> None:
     checked = run_cli("check", str(config))
     assert checked.returncode == 0, checked.stderr
     assert "clients:\n  agent: pools p" in checked.stdout
+
+
+def test_run_answers_healthz_about_a_second_after_start_with_no_network(tmp_path: Path) -> None:
+    """No network needed: the offline example (its Ollama on a closed port, the mock after
+    it) serves /healthz soon after the process starts. Bounded generously (3 s) for a
+    loaded CI machine; bench/run.py measures the real number (about 0.5 s)."""
+    config = offline_example(tmp_path)
+    began = time.monotonic()
+    daemon = start_daemon(config, tmp_path / "log")
+    try:
+        host = daemon.url.removeprefix("http://")
+        while True:
+            try:
+                connection = http.client.HTTPConnection(host, timeout=1)
+                connection.request("GET", "/healthz")
+                if connection.getresponse().status == 200:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() - began < 3.0, "no /healthz within 3 s of starting"
+            time.sleep(0.01)
+    finally:
+        assert daemon.stop() == 0
