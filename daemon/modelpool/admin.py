@@ -21,11 +21,13 @@ from modelpool.limits import Gate
 from modelpool.listeners import via_unix_socket
 from modelpool.metrics import Metrics
 from modelpool.reload import Reloader
+from modelpool.shared.state import SharedState
 from modelpool.state import ModelState
 from modelpool.table import RoutingTable, TableHolder
 from modelpool.usage.accounting import Accountant
 from modelpool.usage.cli_report import DEFAULT_GROUP_BY, UsageArgs, build_query
 from modelpool.usage.report import report_json
+from modelpool.usage.store import StoreError
 
 Report = Mapping[str, Mapping[str, Any]]
 
@@ -49,7 +51,9 @@ class AdminApi:
         clock: Clock | None = None,
         accountant: Accountant | None = None,
         drain: Drain | None = None,
+        shared: SharedState | None = None,
     ) -> None:
+        self._shared = shared
         self._clock: Clock = clock or SystemClock()
         self._accountant = accountant
         self._drain = drain
@@ -102,7 +106,11 @@ class AdminApi:
             query = build_query(args, time.time())
         except ValueError as exc:
             raise BadRequest(str(exc)) from None
-        body = report_json(await store.report(query), query.group_by)
+        try:
+            rows = await store.report(query)
+        except StoreError as exc:
+            raise web.HTTPServiceUnavailable(reason=f"usage store unavailable: {exc}") from None
+        body = report_json(rows, query.group_by)
         body["budgets"] = self._accountant.book.status()
         return web.json_response(body, dumps=lambda v: orjson.dumps(v).decode())
 
@@ -163,6 +171,7 @@ class AdminApi:
                 "providers": providers,
                 "pools": pools,
                 "models": models,
+                "shared_state": self._shared.status() if self._shared is not None else None,
             }
         )
 

@@ -26,6 +26,7 @@ from modelpool.errors import (
     NoCapacity,
     RequestError,
     RoutingError,
+    SharedStateUnavailable,
     ShuttingDown,
     UpstreamError,
     UpstreamStatusError,
@@ -105,7 +106,7 @@ def render(exc: ModelpoolError, api: Api = "openai") -> web.Response:
             headers={"x-modelpool-attempts": str(attempts)},
             api=api,
         )
-    if isinstance(exc, NoCapacity | BudgetExceeded | ShuttingDown):
+    if isinstance(exc, NoCapacity | BudgetExceeded | ShuttingDown | SharedStateUnavailable):
         return error_response(
             exc.status, exc.message, code=exc.code, retry_after=exc.retry_after, api=api
         )

@@ -29,6 +29,7 @@ from modelpool.listeners import ADMIN_SOCKETS, admin_gate, start_admin_listener
 from modelpool.metrics import Metrics, watch_capacity_of
 from modelpool.notify import Notifier
 from modelpool.reload import Reloader
+from modelpool.shared.state import SharedState
 from modelpool.state import StateRegistry
 from modelpool.table import TableHolder
 from modelpool.upstream import Transports
@@ -47,6 +48,7 @@ BACKGROUND = web.AppKey("background", set[asyncio.Task[object]])
 HEALTH = web.AppKey("health", HealthChecker)
 ACCOUNTANT = web.AppKey("accountant", Accountant)
 DRAIN = web.AppKey("drain", Drain)
+SHARED = web.AppKey("shared", SharedState)
 
 
 KEEPALIVE_TIMEOUT = 15.0
@@ -63,13 +65,16 @@ def build_app(
     checks (the daemon does both; most tests don't).
     """
     clock = clock or SystemClock()
-    registry = StateRegistry(clock)
+    shared = SharedState.of(config.shared_state, clock)
+    registry = StateRegistry(clock, shared.gates if shared is not None else None)
     transports = Transports()
     holder = TableHolder(
         compile_table(config, generation=1, registry=registry, transports=transports)
     )
     metrics = Metrics()
-    accountant = Accountant(open_store(config.usage), metrics)
+    store = open_store(config.usage)
+    book = shared.book(store) if shared is not None else None
+    accountant = Accountant(store, metrics, book=book)
     dispatcher = Dispatcher(clock, metrics=metrics, accountant=accountant)
     watch_capacity_of(metrics, lambda: holder.current)
     metrics.watch_breakers(
@@ -98,10 +103,21 @@ def build_app(
     app[HEALTH] = checker
     app[ACCOUNTANT] = accountant
     app[DRAIN] = drain
+    if shared is not None:
+        app[SHARED] = shared
+        metrics.watch_shared_state(lambda: shared.link.up)
+        app.cleanup_ctx.append(_shared_state)
     app[ADMIN_SOCKETS] = []
     app.add_routes(ProxyApi(holder, dispatcher, drain).routes())
     admin = AdminApi(
-        holder, reloader, metrics, health=checker, clock=clock, accountant=accountant, drain=drain
+        holder,
+        reloader,
+        metrics,
+        health=checker,
+        clock=clock,
+        accountant=accountant,
+        drain=drain,
+        shared=shared,
     )
     app.add_routes(admin.routes())
     app.cleanup_ctx.append(_close_transports)
@@ -151,6 +167,12 @@ async def _check_health(app: web.Application) -> AsyncIterator[None]:
         await asyncio.wait_for(task, timeout=5)
     except TimeoutError:
         log.warning("health checker did not stop in time")
+
+
+async def _shared_state(app: web.Application) -> AsyncIterator[None]:
+    holder = app[HOLDER]
+    async with app[SHARED].running(lambda: holder.current):
+        yield
 
 
 async def _usage_store(app: web.Application) -> AsyncIterator[None]:

@@ -124,6 +124,12 @@ class Breaker:
         elif self.state is State.HALF_OPEN or self._tripped(policy):
             self._open(reason, now + self._cooldown(policy, self.trips + 1), trip=True)
 
+    def cool(self, reason: str, seconds: float) -> None:
+        """Pause for ``seconds`` because the upstream asked someone else (another
+        sidecar) to: no failure is counted, and a later pause is never shortened."""
+        if seconds > 0 and self.retry_in() < seconds:
+            self._open(reason, self._clock.now() + seconds, trip=False, cooling=True)
+
     def abandoned(self) -> None:
         """The request ended without a verdict (the client left): free the trial slot."""
         self.trial_in_flight = False

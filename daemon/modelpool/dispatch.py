@@ -40,7 +40,7 @@ from modelpool.errors import (
     RouteNotFound,
     UpstreamError,
 )
-from modelpool.limits import Gate, Lease, blocking, take_all
+from modelpool.limits import Gate, GateRefused, Lease, blocking, take_all
 from modelpool.metrics import Metrics
 from modelpool.providers.base import Call, UpstreamResponse, credentials, scrub
 from modelpool.providers.translate import TranslationError, Usage
@@ -291,11 +291,17 @@ class Dispatcher:
             if own and blocking(own, tokens) is not None:
                 await self._client_wait(route, client.name, own, tokens)
         gates = [*route.state.limits.gates(route.limits), *own]
-        refused = bool(gates) and blocking(gates, tokens) is not None
-        if refused or route.state.queue.barred():
-            await self._queue(route, lambda: self._room(table, route, request, tokens, gates))
-        if gates:
-            await take_all(gates, tokens, lease)
+        while True:
+            refused = bool(gates) and blocking(gates, tokens) is not None
+            if refused or route.state.queue.barred():
+                await self._queue(route, lambda: self._room(table, route, request, tokens, gates))
+            if not gates:
+                return
+            try:
+                await take_all(gates, tokens, lease)
+                return
+            except GateRefused:  # a shared gate's count was further on than it knew
+                continue  # it now says so: the line holds this request until it frees
 
     async def _client_wait(
         self, route: Pool, client: str, gates: Sequence[Gate], tokens: int
@@ -404,7 +410,15 @@ class Dispatcher:
         if not breaker.allow():
             return None
         lease = Lease()
-        await take_all(gates, tokens, lease)
+        try:
+            await take_all(gates, tokens, lease)
+        except GateRefused:  # a shared limit, reached by another sidecar
+            breaker.abandoned()
+            progress.limited = True
+            return None
+        except BaseException:  # shared state down and failing closed, or cancelled
+            breaker.abandoned()
+            raise
         return lease
 
     async def _try(

@@ -22,6 +22,7 @@ decides whether one is worth another attempt.
     │   ├── BudgetExceeded          429 (or 402): a client's or pool's budget is used up
     │   │                           until its period resets (carries retry_after)
     │   ├── ShuttingDown            503: the daemon is draining (carries retry_after)
+    │   ├── SharedStateUnavailable  503: Redis is down and shared_state fails closed
     │   ├── AllDown                 503 (429 if only rate-limited) at once: every member's
     │   │                           breaker is open; Retry-After = the earliest reopening
     │   └── AllAttemptsFailed       502/503/504: every attempt failed (keeps them all)
@@ -204,6 +205,16 @@ class ShuttingDown(RoutingError):
     """The daemon is draining after SIGTERM: no new requests."""
 
     code = "shutting_down"
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class SharedStateUnavailable(RoutingError):
+    """Redis is down and ``shared_state.on_failure`` is fail_closed."""
+
+    code = "shared_state_unavailable"
 
     def __init__(self, message: str, *, retry_after: float) -> None:
         super().__init__(message)

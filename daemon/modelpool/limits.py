@@ -23,6 +23,15 @@ from modelpool.clock import Clock
 from modelpool.config.spec import Limits
 
 
+class GateRefused(Exception):
+    """A shared gate's authoritative check said no although its local view said yes."""
+
+    def __init__(self, kind: str, retry_in: float) -> None:
+        super().__init__(f"{kind} limit reached")
+        self.kind = kind
+        self.retry_in = retry_in
+
+
 class Gate(Protocol):
     kind: str
     """rpm, tpm or concurrency: the reason given when it refuses."""
@@ -30,7 +39,8 @@ class Gate(Protocol):
     def can_take(self, amount: int) -> bool: ...
 
     async def take(self, amount: int) -> None:
-        """Take ``amount``; only called right after can_take said yes."""
+        """Take ``amount``; only called right after can_take said yes. A shared gate may
+        still refuse (GateRefused): its count lives elsewhere."""
 
     def give(self, taken: int, used: int) -> None:
         """The request ended having used ``used`` of the ``taken`` it reserved."""
@@ -131,13 +141,32 @@ class InFlight:
         return float(self.limit - self.count)
 
 
+class GateFactory(Protocol):
+    def __call__(self, kind: str, value: int, scope: str) -> Gate:
+        """A gate of ``kind`` limited to ``value``, for the level named ``scope``."""
+        ...
+
+
+def local_gate(kind: str, value: int, clock: Clock) -> Gate:
+    """The in-process gates: the default, and the fallback of shared ones."""
+    if kind == "rpm":
+        return RequestRate(value)
+    if kind == "tpm":
+        return TokenRate(value, clock)
+    return InFlight(value)
+
+
 class LimitState:
     """The gates of one level (a model, a pool or a client), kept across reloads."""
 
-    __slots__ = ("_clock", "_gates")
+    __slots__ = ("_clock", "_factory", "_gates", "_scope")
 
-    def __init__(self, clock: Clock) -> None:
+    def __init__(
+        self, clock: Clock, *, factory: GateFactory | None = None, scope: str = ""
+    ) -> None:
         self._clock = clock
+        self._factory = factory
+        self._scope = scope
         self._gates: dict[str, Gate] = {}
 
     def gates(self, limits: Limits) -> Sequence[Gate]:
@@ -155,11 +184,9 @@ class LimitState:
         return gates
 
     def _build(self, kind: str, value: int) -> Gate:
-        if kind == "rpm":
-            return RequestRate(value)
-        if kind == "tpm":
-            return TokenRate(value, self._clock)
-        return InFlight(value)
+        if self._factory is not None:
+            return self._factory(kind, value, self._scope)
+        return local_gate(kind, value, self._clock)
 
 
 @dataclass(slots=True)
@@ -193,11 +220,20 @@ def blocking(gates: Sequence[Gate], tokens: int) -> Refusal | None:
 
 
 async def take_all(gates: Sequence[Gate], tokens: int, lease: Lease) -> None:
-    """Take from every gate; the caller checked ``blocking`` just before (no await between)."""
-    for gate in gates:
-        amount = tokens if gate.kind == "tpm" else 1
-        await gate.take(amount)
-        lease.taken.append((gate, amount))
+    """Take from every gate, or from none: the caller checked ``blocking`` just before,
+    but a shared gate can still refuse (GateRefused), and then what this call took is
+    given back before the refusal goes on."""
+    taken: list[tuple[Gate, int]] = []
+    try:
+        for gate in gates:
+            amount = tokens if gate.kind == "tpm" else 1
+            await gate.take(amount)
+            taken.append((gate, amount))
+    except BaseException:
+        for gate, amount in taken:
+            gate.give(amount, 0)
+        raise
+    lease.taken.extend(taken)
 
 
 def retry_after(seconds: float) -> int:

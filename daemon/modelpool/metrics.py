@@ -116,6 +116,10 @@ class Metrics:
         """Expose every breaker's state, read at scrape time (nothing on the hot path)."""
         self.registry.register(_BreakerCollector(models))
 
+    def watch_shared_state(self, up: Callable[[], bool]) -> None:
+        """modelpool_shared_state_up: 1 while Redis answers, 0 while it does not."""
+        self.registry.register(_SharedStateCollector(up))
+
     def watch_health(self, providers: Callable[[], Iterable[tuple[str, str]]]) -> None:
         """Expose each provider's latest health-probe status, read at scrape time."""
         self.registry.register(_HealthCollector(providers))
@@ -178,6 +182,19 @@ class _BreakerCollector(Collector):
             transitions.add_metric([name], breaker.transitions)
         yield state
         yield transitions
+
+
+class _SharedStateCollector(Collector):
+    def __init__(self, up: Callable[[], bool]) -> None:
+        self._up = up
+
+    def collect(self) -> Iterator[Metric]:
+        gauge = GaugeMetricFamily(
+            "modelpool_shared_state_up",
+            "1 while the shared state (Redis) answers; 0 while this sidecar runs without it.",
+        )
+        gauge.add_metric([], 1.0 if self._up() else 0.0)
+        yield gauge
 
 
 class _HealthCollector(Collector):

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from modelpool.breaker import Breaker
 from modelpool.clock import Clock, SystemClock
-from modelpool.limits import LimitState
+from modelpool.limits import GateFactory, LimitState
 from modelpool.retry import RetryBudget
 from modelpool.waitqueue import WaitQueue
 
@@ -26,6 +26,11 @@ class ModelIdentity:
     endpoint: str
     upstream_model: str
     credential: str
+
+    @property
+    def scope(self) -> str:
+        """One string naming this deployment everywhere (shared state keys, limits)."""
+        return "|".join((self.name, self.endpoint, self.upstream_model, self.credential))
 
 
 class ModelState:
@@ -42,10 +47,12 @@ class ModelState:
         "requests",
     )
 
-    def __init__(self, identity: ModelIdentity, clock: Clock) -> None:
+    def __init__(
+        self, identity: ModelIdentity, clock: Clock, gates: GateFactory | None = None
+    ) -> None:
         self.identity = identity
         self.breaker = Breaker(clock)
-        self.limits = LimitState(clock)
+        self.limits = LimitState(clock, factory=gates, scope=f"model:{identity.scope}")
         self.in_flight = 0
         self.requests = 0
         self.errors = 0
@@ -74,10 +81,10 @@ class PoolState:
 
     __slots__ = ("budget", "cursor", "limits", "queue")
 
-    def __init__(self, clock: Clock) -> None:
+    def __init__(self, clock: Clock, gates: GateFactory | None = None, name: str = "") -> None:
         self.cursor = 0
         self.budget = RetryBudget(clock)
-        self.limits = LimitState(clock)
+        self.limits = LimitState(clock, factory=gates, scope=f"pool:{name}")
         self.queue = WaitQueue()
 
     def advance(self) -> int:
@@ -95,8 +102,10 @@ class StateRegistry:
     request ends; a model that comes back before then keeps its state.
     """
 
-    def __init__(self, clock: Clock | None = None) -> None:
+    def __init__(self, clock: Clock | None = None, gates: GateFactory | None = None) -> None:
         self._clock: Clock = clock or SystemClock()
+        self._gates = gates
+        """Where limits count: in this process (None), or shared (Redis)."""
         self._models: dict[ModelIdentity, ModelState] = {}
         self._pools: dict[str, PoolState] = {}
         self._clients: dict[str, LimitState] = {}
@@ -104,21 +113,23 @@ class StateRegistry:
     def model(self, identity: ModelIdentity) -> ModelState:
         state = self._models.get(identity)
         if state is None:
-            state = self._models[identity] = ModelState(identity, self._clock)
+            state = self._models[identity] = ModelState(identity, self._clock, self._gates)
         state.on_idle = None  # live again, if it was retired
         return state
 
     def pool(self, name: str) -> PoolState:
         state = self._pools.get(name)
         if state is None:
-            state = self._pools[name] = PoolState(self._clock)
+            state = self._pools[name] = PoolState(self._clock, self._gates, name)
         return state
 
     def client(self, name: str) -> LimitState:
         """A client's limits, kept across reloads while the client exists."""
         state = self._clients.get(name)
         if state is None:
-            state = self._clients[name] = LimitState(self._clock)
+            state = self._clients[name] = LimitState(
+                self._clock, factory=self._gates, scope=f"client:{name}"
+            )
         return state
 
     def models(self) -> list[ModelState]:

@@ -202,7 +202,7 @@ def test_unknown_top_level_key_suggests_or_lists_known_keys(tmp_path: Path) -> N
     assert errors(tmp_path, text) == [
         "pools.yaml:8 breaker: unknown key 'breaker' (did you mean 'breakers'?)",
         "pools.yaml:9 colour: unknown key 'colour' (known keys: breakers, clients, models,"
-        " pools, providers, secrets, server, usage, version)",
+        " pools, providers, secrets, server, shared_state, usage, version)",
     ]
 
 

@@ -16,7 +16,6 @@ from typing import Any
 import pytest
 
 from modelpool.config.spec import UsageSpec
-from modelpool.errors import ConfigError
 from modelpool.providers.translate.usage import Usage
 from modelpool.usage import sqlite as usage_sqlite
 from modelpool.usage.record import Outcome, Totals, UsageRecord
@@ -487,13 +486,6 @@ def test_open_store_picks_sqlite_for_urls_and_paths(tmp_path: Path) -> None:
     assert isinstance(plain, SQLiteStore)
     assert plain.path == Path("relative/u.db")
     assert plain.retention == 3600.0
-
-
-def test_open_store_refuses_redis_for_now_without_echoing_the_url() -> None:
-    with pytest.raises(ConfigError, match="Redis stores come with shared state") as caught:
-        open_store(UsageSpec(store="redis://:hunter2@cache:6379/0"))
-    assert "hunter2" not in str(caught.value)
-    assert caught.value.issues[0].path == "usage.store"
 
 
 def test_open_store_keeps_nothing_for_none() -> None:

@@ -33,6 +33,7 @@ from modelpool.config.spec import (
     Price,
     ProviderSpec,
     QueuePolicy,
+    SharedStateSpec,
     UsageSpec,
     build_breaker,
     build_limits,
@@ -267,6 +268,21 @@ def _client(name: str, raw: Mapping[str, Any]) -> ClientSpec:
     )
 
 
+def _shared_state(raw: Mapping[str, Any], usage: Mapping[str, Any]) -> SharedStateSpec:
+    """On with ``shared_state.redis``, or with a redis:// usage store (the same Redis)."""
+    store = usage.get("store", "")
+    url = raw.get("redis") or (store if store.startswith(("redis://", "rediss://")) else None)
+    defaults = SharedStateSpec()
+    return SharedStateSpec(
+        redis=_secret(url),
+        prefix=raw.get("prefix", defaults.prefix),
+        on_failure=raw.get("on_failure", defaults.on_failure),
+        replicas=raw.get("replicas", defaults.replicas),
+        timeout=parse_duration(raw.get("timeout", defaults.timeout)),
+        sync_interval=parse_duration(raw.get("sync_interval", defaults.sync_interval)),
+    )
+
+
 NO_STORE = "none"
 """``usage.store: none``: count in metrics only; nothing kept across restarts."""
 
@@ -305,5 +321,6 @@ def _assemble(
         breakers=breakers,
         clients=frozen({n: _client(n, c) for n, c in data.get("clients", {}).items()}),
         usage=_usage(data.get("usage", {}), base),
+        shared_state=_shared_state(data.get("shared_state", {}), data.get("usage", {})),
         files=files,
     )

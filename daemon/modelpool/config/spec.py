@@ -204,6 +204,21 @@ class UsageSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class SharedStateSpec:
+    redis: Secret | None = None
+    """The Redis URL (it may hold a password); None: no shared state."""
+    prefix: str = "modelpool"
+    on_failure: str = "fail_open"
+    replicas: int = 1
+    timeout: float = 0.1
+    sync_interval: float = 0.5
+
+    @property
+    def enabled(self) -> bool:
+        return self.redis is not None
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """A whole validated config file."""
 
@@ -216,6 +231,7 @@ class Config:
     breakers: BreakerPolicy
     clients: Mapping[str, ClientSpec]
     usage: UsageSpec
+    shared_state: SharedStateSpec = SharedStateSpec()
     files: tuple[str, ...] = ()
     """Every file the config was read from (itself, sops files): what reload watches."""
     secrets: tuple[Secret, ...] = ()

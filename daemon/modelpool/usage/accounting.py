@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from modelpool.config.spec import Budget, Price
 from modelpool.metrics import Metrics
@@ -20,10 +21,25 @@ from modelpool.providers.translate.usage import Usage
 from modelpool.request import ProxyRequest
 from modelpool.table import Pool, RoutingTable
 from modelpool.tokens import Estimate
-from modelpool.usage.budgets import BudgetBook, Reservation, Scope
+from modelpool.usage.budgets import BudgetBook, Scope
 from modelpool.usage.pricing import cost_of
 from modelpool.usage.record import ANONYMOUS, NO_MODEL, Outcome, UsageRecord
 from modelpool.usage.store import UsageStore
+
+
+class Settles(Protocol):
+    def settle(self, usd: float, tokens: float) -> None: ...
+
+
+class Book(Protocol):
+    """Where budget meters live: this process (BudgetBook) or Redis (SharedBudgetBook)."""
+
+    async def reserve(
+        self, scopes: list[tuple[Scope, str, Budget]], usd: float, tokens: float
+    ) -> Settles: ...
+
+    def status(self) -> list[dict[str, object]]: ...
+
 
 DEFAULT_WORST_OUTPUT = 4096
 """Output tokens a reservation assumes when neither the request nor the model caps them."""
@@ -36,7 +52,7 @@ class Bill:
     client: str
     pool: str
     started: float
-    reservation: Reservation | None = None
+    reservation: Settles | None = None
     """What the request reserved under its budgets (None: it has none)."""
     model: str = NO_MODEL
     """The model that served, once one did."""
@@ -58,9 +74,10 @@ class Accountant:
         store: UsageStore | None,
         metrics: Metrics,
         clock: Callable[[], float] = time.time,
+        book: Book | None = None,
     ) -> None:
         self.store = store
-        self.book = BudgetBook(store, clock)
+        self.book: Book = book or BudgetBook(store, clock)
         self._metrics = metrics
         self._clock = clock
         self._series: dict[tuple[str, str, str, str], _Series] = {}

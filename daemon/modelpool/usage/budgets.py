@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import calendar
+import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -27,7 +28,9 @@ from typing import Literal
 
 from modelpool.config.spec import Budget
 from modelpool.errors import BudgetExceeded
-from modelpool.usage.store import UsageStore
+from modelpool.usage.store import StoreError, UsageStore
+
+log = logging.getLogger("modelpool.usage")
 
 Scope = Literal["client", "pool"]
 Period = Literal["day", "month"]
@@ -124,7 +127,7 @@ class BudgetBook:
         for (scope, name, budget, unit, period, cap), meter in zip(wanted, meters, strict=True):
             meter.roll(now)
             if meter.spent + meter.reserved >= cap:
-                raise _exceeded(scope, name, budget, unit, period, cap, meter, now)
+                raise exceeded(scope, name, budget, unit, period, cap, meter.end, now)
         reservation = Reservation()
         for (_, _, _, unit, _, _), meter in zip(wanted, meters, strict=True):
             amount = usd if unit == "usd" else tokens
@@ -171,26 +174,31 @@ class BudgetBook:
         start, end = period_bounds(period, self._clock())
         meter = Meter(period, start, end)
         if self._store is not None:
-            totals = await self._store.spent(scope, name, start)
-            meter.spent = totals.cost_usd if unit == "usd" else float(totals.tokens)
+            try:
+                totals = await self._store.spent(scope, name, start)
+            except StoreError as exc:  # fail open: count from now on
+                log.warning("budget starts from zero: usage store unreadable (%s)", exc)
+            else:
+                meter.spent = totals.cost_usd if unit == "usd" else float(totals.tokens)
         self._meters[key] = meter
         return meter
 
 
-def _exceeded(
-    scope: Scope,
+def exceeded(
+    scope: str,
     name: str,
     budget: Budget,
-    unit: Unit,
-    period: Period,
+    unit: str,
+    period: str,
     cap: float,
-    meter: Meter,
+    end: float,
     now: float,
 ) -> BudgetExceeded:
+    """The refusal for a used-up budget: which, how much, and when its period resets."""
     amount = f"${cap:g}" if unit == "usd" else f"{cap:g} tokens"
-    resets = datetime.fromtimestamp(meter.end, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    resets = datetime.fromtimestamp(end, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     message = (
         f"{scope} {name!r} has used its budget of {amount} per {period}; "
         f"it resets at {resets} (UTC)"
     )
-    return BudgetExceeded(message, status=budget.status, retry_after=meter.end - now)
+    return BudgetExceeded(message, status=budget.status, retry_after=end - now)

@@ -24,8 +24,9 @@ from typing import Literal, get_args
 
 from modelpool.errors import ConfigError
 from modelpool.usage.report import render_csv, render_table, report_json
-from modelpool.usage.sqlite import bucket_of, read_report
+from modelpool.usage.sqlite import read_report
 from modelpool.usage.store import GroupKey, Query, Row, StoreError, sqlite_path
+from modelpool.usage.tally import bucket_of
 
 Output = Literal["table", "json", "csv"]
 

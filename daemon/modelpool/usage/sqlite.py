@@ -54,13 +54,13 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 from urllib.parse import quote
 
 from modelpool.usage.record import Totals, UsageRecord
-from modelpool.usage.store import BUCKET, Query, Row, StoreError
+from modelpool.usage.store import Query, Row, StoreError
+from modelpool.usage.tally import COUNTERS, Key, Tally, bucket_of
 
 log = logging.getLogger("modelpool.usage")
 
@@ -98,18 +98,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
 SCHEMA_VERSION = len(MIGRATIONS)
 
 KEY_COLUMNS = ("bucket_start", "client", "pool", "model")
-COUNTERS = (
-    "requests",
-    "errors",
-    "cancelled",
-    "input_tokens",
-    "output_tokens",
-    "cache_read_tokens",
-    "cache_write_tokens",
-    "cost_usd",
-    "cost_unknown",
-)
-"""The summed columns, in :class:`Totals` field order."""
+
 
 _COLUMNS = ", ".join(KEY_COLUMNS + COUNTERS)
 _PLACEHOLDERS = ", ".join("?" for _ in KEY_COLUMNS + COUNTERS)
@@ -131,54 +120,12 @@ _GROUP_KEYS = {
     "hour": "strftime('%Y-%m-%dT%H:00Z', bucket_start, 'unixepoch')",
 }
 
-Key = tuple[int, str, str, str]
-"""(bucket_start, client, pool, model): one row of ``usage_buckets``."""
+
 BucketRow = tuple[int | float | str, ...]
 """A key followed by its counters, in ``_COLUMNS`` order."""
 
 
-def bucket_of(at: float) -> int:
-    """The start of the UTC hour holding unix time ``at``."""
-    return int(at // BUCKET) * BUCKET
-
-
-@dataclass(slots=True)
-class _Tally:
-    """The buffered counters of one bucket key (mutable: ``add`` must be cheap)."""
-
-    requests: int = 0
-    errors: int = 0
-    cancelled: int = 0
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cache_read_tokens: int = 0
-    cache_write_tokens: int = 0
-    cost_usd: float = 0.0
-    cost_unknown: int = 0
-
-    def count(self, record: UsageRecord) -> None:
-        usage = record.usage
-        self.requests += 1
-        self.errors += record.outcome == "error"
-        self.cancelled += record.outcome == "cancelled"
-        self.input_tokens += usage.input_tokens
-        self.output_tokens += usage.output_tokens
-        self.cache_read_tokens += usage.cache_read_tokens
-        self.cache_write_tokens += usage.cache_write_tokens
-        if record.cost_known:
-            self.cost_usd += record.cost_usd
-        else:
-            self.cost_unknown += 1
-
-    def merge(self, other: _Tally) -> None:
-        for name in COUNTERS:
-            setattr(self, name, getattr(self, name) + getattr(other, name))
-
-    def values(self) -> tuple[int | float, ...]:
-        return tuple(getattr(self, name) for name in COUNTERS)
-
-
-def _rows(buffer: dict[Key, _Tally]) -> list[BucketRow]:
+def _rows(buffer: dict[Key, Tally]) -> list[BucketRow]:
     return [(*key, *tally.values()) for key, tally in buffer.items()]
 
 
@@ -377,7 +324,7 @@ class SQLiteStore:
         self.flush_interval = flush_interval
         self.retention = retention
         self._clock = clock
-        self._buffer: dict[Key, _Tally] = {}
+        self._buffer: dict[Key, Tally] = {}
         self._lock = asyncio.Lock()
         """Held by a flush and by a report, so a report never misses a batch in flight."""
         self._stop = asyncio.Event()
@@ -446,7 +393,7 @@ class SQLiteStore:
         key = (bucket_of(record.at), record.client, record.pool, record.model)
         tally = self._buffer.get(key)
         if tally is None:
-            tally = self._buffer[key] = _Tally()
+            tally = self._buffer[key] = Tally()
         tally.count(record)
 
     async def flush(self) -> None:
@@ -458,13 +405,13 @@ class SQLiteStore:
             if batch:
                 await self._write(db, batch)
 
-    async def _write(self, db: sqlite3.Connection, batch: dict[Key, _Tally]) -> None:
+    async def _write(self, db: sqlite3.Connection, batch: dict[Key, Tally]) -> None:
         job = self._call(write_rows, db, _rows(batch))
         self._writing = job
         job.add_done_callback(functools.partial(self._settle, batch))
         await asyncio.wait([job])  # a cancelled flush never cancels the write: _settle decides
 
-    def _settle(self, batch: dict[Key, _Tally], job: asyncio.Future[None]) -> None:
+    def _settle(self, batch: dict[Key, Tally], job: asyncio.Future[None]) -> None:
         """Runs when a write ends: a failed batch goes back into the buffer."""
         if self._writing is job:
             self._writing = None
@@ -472,7 +419,7 @@ class SQLiteStore:
         if error is None:
             return
         for key, tally in batch.items():
-            self._buffer.setdefault(key, _Tally()).merge(tally)
+            self._buffer.setdefault(key, Tally()).merge(tally)
         if isinstance(error, sqlite3.Error | OSError):
             log.warning(
                 "usage flush to %s failed, %d buckets kept for the next try: %s",

@@ -77,6 +77,9 @@ class StoreError(ModelpoolError):
     """The usage store cannot be used: missing, unreadable, or written by a newer modelpool."""
 
 
+REDIS_SCHEMES = ("redis", "rediss")
+
+
 def sqlite_path(store: str) -> Path:
     """The file a ``usage.store`` names: ``sqlite:///ABS`` or a plain path (as given)."""
     if store.startswith("sqlite://"):
@@ -84,23 +87,24 @@ def sqlite_path(store: str) -> Path:
     if "://" in store:
         kind = store.split("://", 1)[0]  # never the rest: a URL may carry a password
         message = (
-            "Redis stores come with shared state (not yet in this build)"
-            if kind in ("redis", "rediss")
-            else f"unknown store kind {kind!r}"
+            "a Redis store is not a file: ask a daemon that uses it (GET /admin/usage)"
+            if kind in REDIS_SCHEMES
+            else f"unknown store kind {kind!r}; use sqlite:///PATH, a path or redis://HOST:PORT/DB"
         )
-        raise ConfigError(
-            [ConfigIssue("config", None, "usage.store", f"{message}; use sqlite:///PATH or a path")]
-        )
+        raise ConfigError([ConfigIssue("config", None, "usage.store", message)])
     return Path(store)
 
 
 def open_store(spec: UsageSpec) -> UsageStore | None:
     """The store ``spec`` names, not yet opened (the caller awaits ``open``, then ``close``);
     None for ``usage.store: none``."""
-    from modelpool.usage.sqlite import SQLiteStore  # here: sqlite.py imports this module
+    from modelpool.usage.redis_store import RedisStore  # here: both import this module
+    from modelpool.usage.sqlite import SQLiteStore
 
     if spec.store == "none":
         return None
+    if spec.store.startswith(tuple(f"{scheme}://" for scheme in REDIS_SCHEMES)):
+        return RedisStore(spec.store, flush_interval=spec.flush_interval, retention=spec.retention)
     return SQLiteStore(
         sqlite_path(spec.store), flush_interval=spec.flush_interval, retention=spec.retention
     )

@@ -1,0 +1,1 @@
+"""State shared by many sidecars through Redis: limits, budgets, upstream cooldowns."""

@@ -1,0 +1,173 @@
+"""Shared limits, budgets and cooldowns on a real redis-server: several 'sidecars'
+(independent objects on one Redis) act as one; with Redis gone each fails as configured."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+
+from modelpool.breaker import Breaker, State
+from modelpool.clock import SystemClock
+from modelpool.config.secrets import Secret
+from modelpool.config.spec import BreakerPolicy, Budget, SharedStateSpec
+from modelpool.errors import BudgetExceeded, SharedStateUnavailable
+from modelpool.limits import Gate, GateRefused, Lease, blocking, take_all
+from modelpool.shared.budgets import SharedBudgetBook
+from modelpool.shared.gates import SharedGates
+from modelpool.shared.link import RedisLink
+from redis_server import RedisServer
+
+Links = Callable[..., RedisLink]
+
+
+@pytest.fixture
+async def links(redis_server: RedisServer) -> AsyncIterator[Links]:
+    made: list[RedisLink] = []
+
+    def make(**spec: object) -> RedisLink:
+        options = {"redis": Secret(redis_server.url), "timeout": 0.2} | spec
+        link = RedisLink(SharedStateSpec(**options))  # type: ignore[arg-type]
+        made.append(link)
+        return link
+
+    yield make
+    for link in made:
+        await link.aclose()
+
+
+async def admitted(gate: Gate, attempts: int, amount: int = 1) -> int:
+    """How many of ``attempts`` the gate admits, asked as the dispatcher asks: the local
+    view first (blocking), then the authoritative take."""
+    count = 0
+    for _ in range(attempts):
+        if blocking([gate], amount) is not None:
+            continue
+        try:
+            await take_all([gate], amount, Lease())
+            count += 1
+        except GateRefused:
+            pass
+    return count
+
+
+async def test_three_sidecars_share_one_rpm(links: Links) -> None:
+    clock = SystemClock()
+    gates = [SharedGates(links(), clock)("rpm", 10, "client:a") for _ in range(3)]
+    counts = await asyncio.gather(*(admitted(g, 8) for g in gates))
+    assert sum(counts) == 10
+    assert not gates[0].can_take(1)  # the refusal closed it locally for a while
+    assert gates[0].retry_in(1) == pytest.approx(6.0)
+
+
+async def test_tpm_settles_unused_tokens_back_for_everyone(links: Links) -> None:
+    clock = SystemClock()
+    one, two = (SharedGates(links(), clock)("tpm", 1000, "model:m") for _ in range(2))
+    lease = Lease()
+    await take_all([one], 900, lease)
+    assert await admitted(two, 1, amount=200) == 0
+    lease.release(used_tokens=100)  # 800 given back, settled in the background
+    await asyncio.sleep(0.1)
+    two._closed_until = 0.0  # type: ignore[attr-defined]  # forget the local hint
+    assert await admitted(two, 1, amount=200) == 1
+
+
+async def test_concurrency_is_shared_and_slots_come_back(links: Links) -> None:
+    clock = SystemClock()
+    one, two = (SharedGates(links(), clock)("concurrency", 2, "pool:p") for _ in range(2))
+    first, second = Lease(), Lease()
+    await take_all([one], 1, first)
+    await take_all([two], 1, second)
+    assert await admitted(two, 1) == 0
+    first.release()
+    await asyncio.sleep(0.1)
+    two._closed_until = 0.0  # type: ignore[attr-defined]
+    assert await admitted(two, 1) == 1
+
+
+async def test_fail_open_uses_a_local_share_and_fail_closed_refuses(
+    links: Links, redis_server: RedisServer
+) -> None:
+    clock = SystemClock()
+    open_gate = SharedGates(links(replicas=4), clock)("rpm", 40, "client:a")
+    closed_gate = SharedGates(links(on_failure="fail_closed"), clock)("rpm", 40, "client:a")
+    redis_server.kill()
+    assert await admitted(open_gate, 20) == 10  # 40 / 4 replicas, counted here
+    with pytest.raises(SharedStateUnavailable):
+        await take_all([closed_gate], 1, Lease())
+
+
+async def test_a_slow_redis_never_hangs_a_request(links: Links, redis_server: RedisServer) -> None:
+    link = links(timeout=0.05)
+    gate = SharedGates(link, SystemClock())("rpm", 100, "client:a")
+    await admitted(gate, 1)  # connected while Redis answered
+    redis_server.pause()  # SIGSTOP: the socket is open, nobody answers
+    try:
+        began = asyncio.get_running_loop().time()
+        assert await admitted(gate, 1) == 1  # fell back, within the timeout
+        assert asyncio.get_running_loop().time() - began < 0.5
+        assert not link.up
+    finally:
+        redis_server.resume()
+    await link.watch_once()
+    assert link.up  # the next ping found it back
+
+
+async def test_shared_budgets_never_overshoot_by_more_than_one_per_sidecar(links: Links) -> None:
+    books = [SharedBudgetBook(links(), None) for _ in range(3)]
+    budget = Budget(usd_per_day=1.0)
+    cost = 0.07
+
+    async def one(book: SharedBudgetBook) -> bool:
+        try:
+            reservation = await book.reserve([("client", "a", budget)], cost, 10)
+        except BudgetExceeded:
+            return False
+        await asyncio.sleep(0.01)
+        reservation.settle(cost, 10)
+        return True
+
+    results = await asyncio.gather(*(one(books[i % 3]) for i in range(50)))
+    await asyncio.sleep(0.2)  # settlements are written in the background
+    admitted_cost = sum(results) * cost
+    assert admitted_cost >= 1.0  # the budget was used...
+    assert admitted_cost <= 1.0 + 3 * cost  # ...and overshot by at most one per sidecar
+    with pytest.raises(BudgetExceeded, match="resets at"):
+        await books[0].reserve([("client", "a", budget)], cost, 10)
+
+
+async def test_budgets_fail_open_to_a_local_share(links: Links, redis_server: RedisServer) -> None:
+    book = SharedBudgetBook(links(replicas=2), None)
+    redis_server.kill()
+    budget = Budget(usd_per_day=1.0)
+    (await book.reserve([("client", "a", budget)], 0.6, 1)).settle(0.6, 1)
+    with pytest.raises(BudgetExceeded):  # 0.6 of the local half (0.5) is spent
+        await book.reserve([("client", "a", budget)], 0.1, 1)
+
+
+async def test_a_cooldown_seen_by_one_sidecar_cools_the_others(links: Links) -> None:
+    from modelpool.shared.cooldowns import CooldownSync
+
+    breakers = [Breaker(SystemClock()) for _ in range(2)]
+    policy = BreakerPolicy()
+    tables = [_table_with(breaker) for breaker in breakers]
+    syncs = [CooldownSync(links(), lambda t=t: t) for t in tables]  # type: ignore[misc]
+    breakers[0].failed(policy, "429", retry_after=5.0)
+    for sync in syncs:
+        await sync.sync_once()
+    assert breakers[1].state is State.OPEN
+    assert breakers[1].rate_limited
+    assert 4.0 < breakers[1].retry_in() <= 5.0
+    assert breakers[1].consecutive_failures == 0  # cooled, not failed
+
+
+def _table_with(breaker: Breaker) -> object:
+    from types import SimpleNamespace
+
+    from modelpool.state import ModelIdentity
+
+    identity = ModelIdentity("m", "openai:http://x", "up-m", "fp")
+    state = SimpleNamespace(breaker=breaker)
+    model = SimpleNamespace(identity=identity, state=state)
+    return SimpleNamespace(models={"m": model})
