@@ -8,6 +8,7 @@ import asyncio
 import hashlib
 import json
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -193,3 +194,44 @@ def admin_text(daemon: Daemon, path: str) -> str:
 
 def admin(daemon: Daemon, path: str) -> Any:
     return json.loads(admin_text(daemon, path))
+
+
+def test_usage_acknowledged_while_redis_was_away_is_written_when_it_returns(
+    tmp_path: Path, sidecars: list[Daemon]
+) -> None:
+    server = RedisServer(tmp_path / "redis", ("--appendonly", "yes", "--appendfsync", "always"))
+    server.start()
+    try:
+        document = config(server.url)
+        document["usage"] = {"store": server.url, "flush_interval": "100ms"}
+        start(sidecars, tmp_path, document, n=1)
+        [daemon] = sidecars
+        first = asyncio.run(burst([daemon.url], 10, chat(max_tokens=5)))
+        time.sleep(0.5)  # flushed
+        server.kill()
+        second = asyncio.run(burst([daemon.url], 10, chat(max_tokens=5)))
+        assert [s for s, _ in first + second] == [200] * 20
+        server.start()  # appendonly: what was written before the kill is still there
+        deadline = time.monotonic() + 10
+        report: Any = None
+        while not (report and report["rows"] and report["rows"][0]["requests"] == 20):
+            assert time.monotonic() < deadline, report
+            time.sleep(0.2)
+            report = usage_report(daemon)
+        time.sleep(0.5)
+        assert admin(daemon, "/admin/usage?by=client")["rows"][0]["requests"] == 20  # once
+    finally:
+        for daemon in sidecars:
+            finish(daemon)
+        sidecars.clear()
+        server.stop()
+
+
+def usage_report(daemon: Daemon) -> Any:
+    """/admin/usage, or None while it answers 503 (the store has not reconnected yet)."""
+    try:
+        return admin(daemon, "/admin/usage?by=client")
+    except urllib.error.HTTPError as exc:
+        if exc.code != 503:
+            raise
+        return None

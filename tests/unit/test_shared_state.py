@@ -171,3 +171,17 @@ def _table_with(breaker: Breaker) -> object:
     state = SimpleNamespace(breaker=breaker)
     model = SimpleNamespace(identity=identity, state=state)
     return SimpleNamespace(models={"m": model})
+
+
+async def test_a_reloaded_limit_applies_to_the_same_shared_count(links: Links) -> None:
+    from modelpool.config.spec import Limits
+    from modelpool.limits import LimitState
+
+    clock = SystemClock()
+    factory = SharedGates(links(), clock)
+    state = LimitState(clock, factory=factory, scope="client:a")
+    [gate] = state.gates(Limits(rpm=5))
+    assert await admitted(gate, 8) == 5
+    [bigger] = state.gates(Limits(rpm=8))  # the reload raised the limit
+    assert bigger is not gate
+    assert await admitted(bigger, 8) == 3  # the 5 already counted still count
