@@ -19,13 +19,15 @@ from typing import Any
 
 from aiohttp import web
 
-from modelpool.logs import REQUEST_ID
+from modelpool.logs import REQUEST_ID, batched_record
 from modelpool.usage.accounting import Bill
 
 log = logging.getLogger("modelpool.access")
 
 HEADER = "x-request-id"
 REQUEST_ID_KEY = web.RequestKey("request_id", str)
+STARTED = web.RequestKey("started", float)
+"""perf_counter() when the request reached modelpool (its overhead counts from here)."""
 TRACE = web.RequestKey("trace", dict[str, Any])
 """What the proxy handler leaves for the access log (see ProxyRequest.trace)."""
 _SANE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -47,7 +49,7 @@ def access_middleware(enabled: Callable[[], bool]) -> Any:
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         rid = request[REQUEST_ID_KEY] = request_id(request)
         token = REQUEST_ID.set(rid)
-        started = time.perf_counter()
+        started = request[STARTED] = time.perf_counter()
         status = 500
         try:
             response = await handler(request)
@@ -57,7 +59,7 @@ def access_middleware(enabled: Callable[[], bool]) -> Any:
             status = exc.status
             raise
         finally:
-            if enabled():
+            if enabled() and log.isEnabledFor(logging.INFO):
                 _log(request, status, time.perf_counter() - started)
             REQUEST_ID.reset(token)
 
@@ -83,7 +85,7 @@ def _log(request: web.Request, status: int, seconds: float) -> None:
     bill = trace.get("bill") if trace is not None else None
     if isinstance(bill, Bill):
         fields |= _bill_fields(bill)
-    log.info("access", extra=fields)
+    batched_record("modelpool.access", "access", fields)
 
 
 def _bill_fields(bill: Bill) -> dict[str, Any]:

@@ -10,12 +10,13 @@ business (``modelpool.bridge``), error formats ``api_errors``'.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import orjson
 from aiohttp import web
 
-from modelpool.access import TRACE
+from modelpool.access import STARTED, TRACE
 from modelpool.auth import authorize
 from modelpool.dispatch import Dispatcher, Served
 from modelpool.drain import Drain, cut_short
@@ -26,6 +27,7 @@ from modelpool.errors import (
     ShuttingDown,
     UpstreamError,
 )
+from modelpool.metrics import Metrics
 from modelpool.providers.anthropic import FORWARDED
 from modelpool.registry_view import models_listing
 from modelpool.request import ProxyRequest, forwarded_headers
@@ -98,10 +100,13 @@ def check_body(endpoint: str, body: dict[str, Any]) -> bool:
 
 
 class ProxyApi:
-    def __init__(self, holder: TableHolder, dispatcher: Dispatcher, drain: Drain) -> None:
+    def __init__(
+        self, holder: TableHolder, dispatcher: Dispatcher, drain: Drain, metrics: Metrics
+    ) -> None:
         self._holder = holder
         self._dispatcher = dispatcher
         self._drain = drain
+        self._overhead = metrics.overhead
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -156,11 +161,13 @@ class ProxyApi:
         request[TRACE] = proxy_request.trace  # the access log reads the bill from it
         try:
             async with self._dispatcher.serve(table, proxy_request) as served:
+                overhead = self._overhead_of(request, served)
                 headers = {
                     "x-modelpool-pool": served.pool,
                     "x-modelpool-model": served.member.model.name,
                     "x-modelpool-attempts": str(served.attempts),
                     "x-modelpool-failovers": str(served.failovers),
+                    "x-modelpool-overhead-ms": f"{overhead * 1000:.3f}",
                 }
                 if served.rest is None:
                     return web.Response(
@@ -172,6 +179,16 @@ class ProxyApi:
                 message = "modelpool shut down before answering; retry"
                 raise ShuttingDown(message, retry_after=1) from None
             raise
+
+    def _overhead_of(self, request: web.Request, served: Served) -> float:
+        """modelpool's own time before the answer's head goes out: everything since the
+        request arrived except waiting on upstreams (queueing and backoff included)."""
+        started = request.get(STARTED)
+        if started is None:
+            return 0.0
+        overhead: float = max(0.0, time.perf_counter() - started - served.upstream_seconds)
+        self._overhead.observe(overhead)
+        return overhead
 
 
 async def _relay(

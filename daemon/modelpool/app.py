@@ -26,6 +26,7 @@ from modelpool.dispatch import Dispatcher
 from modelpool.drain import Drain, drain_middleware
 from modelpool.health import HealthChecker
 from modelpool.listeners import ADMIN_SOCKETS, admin_gate, start_admin_listener
+from modelpool.logs import flush_logs
 from modelpool.metrics import Metrics, watch_capacity_of
 from modelpool.notify import Notifier
 from modelpool.reload import Reloader
@@ -88,7 +89,7 @@ def build_app(
     middlewares = [
         access_middleware(lambda: holder.current.config.server.access_log),
         error_middleware,
-        admin_gate,
+        *([admin_gate] if config.server.admin_listen is not None else []),
         drain_middleware(drain),
     ]
     app = web.Application(middlewares=middlewares, handler_args={"max_field_size": 16384})
@@ -108,7 +109,7 @@ def build_app(
         metrics.watch_shared_state(lambda: shared.link.up)
         app.cleanup_ctx.append(_shared_state)
     app[ADMIN_SOCKETS] = []
-    app.add_routes(ProxyApi(holder, dispatcher, drain).routes())
+    app.add_routes(ProxyApi(holder, dispatcher, drain, metrics).routes())
     admin = AdminApi(
         holder,
         reloader,
@@ -241,6 +242,7 @@ async def serve(config: Config, host: str, port: int) -> int:
     await _drain(app, app[HOLDER].current.config.server.grace_period, signals.second_stop)
     log.info("stopping")
     await runner.cleanup()
+    flush_logs()
     watchdog_stop.set()
     await watchdog
     notifier.close()

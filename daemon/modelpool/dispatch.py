@@ -80,6 +80,8 @@ class Served:
     """Set by the relay when the upstream broke the stream after it had started."""
     cut: bool = False
     """Set by the relay when a shutdown cut the stream short."""
+    upstream_seconds: float = 0.0
+    """Time spent waiting on upstreams before this answer's head was in hand."""
 
     @property
     def usage(self) -> Usage | None:
@@ -125,6 +127,8 @@ class _Progress:
 
     attempts: int = 0
     failovers: int = 0
+    upstream_seconds: float = 0.0
+    """Time spent waiting on upstreams (every attempt, up to the served one's head)."""
     limited: bool = False
     """Some member was skipped only because its limits were reached."""
     last_model: str = ""
@@ -356,6 +360,7 @@ class Dispatcher:
                         attempt.rest,
                         attempt.relay,
                         attempt.usage,
+                        upstream_seconds=progress.upstream_seconds,
                     )
                     yield served
                     outcome.append(served)
@@ -445,6 +450,7 @@ class Dispatcher:
         try:
             response, head, rest, relay, usage = await self._attempt(member, request, bridge, call)
         except UpstreamError as error:
+            progress.upstream_seconds += self._clock.now() - started
             lease.release(0)
             scrub(error, credentials(model.provider))
             verdict = judge(error)
@@ -472,6 +478,7 @@ class Dispatcher:
             state.finished(None, ok=None)
             raise
         latency = self._clock.now() - started
+        progress.upstream_seconds += latency
         if log.isEnabledFor(logging.DEBUG):
             log.debug("attempt answered", extra={"model": model.name, "latency_s": latency})
         return _Answer(response, head, rest, latency, lease, relay, usage)

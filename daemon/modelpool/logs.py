@@ -9,6 +9,8 @@ Structured fields (``extra=``) are kept in both formats: JSON keys, or
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import contextvars
 import logging
 import sys
@@ -72,9 +74,66 @@ def _text(value: Any) -> str:
     return text if text and " " not in text and '"' not in text else orjson.dumps(text).decode()
 
 
+class BatchedLines:
+    """Lines for stdout written in batches — one write per ``interval``, not one
+    syscall per line — for the access log, the one logger that speaks per request.
+    Lines keep the formatter's shape; they may reach stdout up to ``interval`` after
+    the other loggers' lines of the same moment."""
+
+    def __init__(self, formatter: logging.Formatter, interval: float = 0.1) -> None:
+        self._formatter = formatter
+        self._interval = interval
+        self._lines: list[str] = []
+        self._pending: asyncio.TimerHandle | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self._lines.append(self._formatter.format(record))
+        if self._pending is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                self.flush()
+                return
+            self._pending = loop.call_later(self._interval, self.flush)
+
+    def flush(self) -> None:
+        self._pending = None
+        if self._lines:
+            lines, self._lines = self._lines, []
+            sys.stdout.write("\n".join(lines) + "\n")
+            sys.stdout.flush()
+
+
+BATCHED: BatchedLines | None = None
+"""Set by setup_logging (the daemon); tests that capture logging leave it None."""
+
+
+def flush_logs() -> None:
+    if BATCHED is not None:
+        BATCHED.flush()
+
+
+def batched_record(name: str, message: str, fields: dict[str, Any]) -> None:
+    """Log one INFO line through the batched writer when the daemon set one up, else
+    through ``logging`` (where tests can capture it)."""
+    logger = logging.getLogger(name)
+    if not logger.isEnabledFor(logging.INFO):
+        return
+    if BATCHED is None:
+        logger.info(message, extra=fields)
+        return
+    record = logger.makeRecord(name, logging.INFO, "", 0, message, (), None, extra=fields)
+    record.request_id = fields.get("request_id")
+    BATCHED.emit(record)
+
+
 def setup_logging(fmt: str = "json", level: str = "info") -> None:
+    global BATCHED
+    formatter: logging.Formatter = JsonFormatter() if fmt == "json" else TextFormatter()
+    BATCHED = BatchedLines(formatter)
+    atexit.register(BATCHED.flush)
     handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.setFormatter(formatter)
     handler.addFilter(RequestIdFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -104,6 +104,13 @@ class Metrics:
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120),
             registry=self.registry,
         )
+        self.overhead = Histogram(
+            "modelpool_overhead_seconds",
+            "modelpool's own time per served request, before its answer's head went out: "
+            "everything since the request arrived except waiting on upstreams.",
+            buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.1, 1),
+            registry=self.registry,
+        )
         self.request_duration = Histogram(
             "modelpool_request_duration_seconds",
             "Whole client requests, from admission to the last byte, by pool and outcome.",

@@ -106,3 +106,17 @@ async def test_admin_config_hides_upstream_urls_unless_asked(
         single_pool_config(fake.base_url) | {"server": {"expose_upstream_urls": True}}
     )
     assert fake.base_url in await (await shown.http.get("/admin/config")).text()
+
+
+async def test_every_served_answer_says_modelpools_own_overhead(
+    daemon: Daemon, fake: FakeUpstream
+) -> None:
+    fake.script(CHAT, Reply(delay=0.2))  # the upstream's 200 ms are not modelpool's
+    async with daemon.http.post("/v1/chat/completions", json=chat()) as response:
+        overhead_ms = float(response.headers["x-modelpool-overhead-ms"])
+    assert 0 < overhead_ms < 150
+    async with daemon.http.post("/v1/chat/completions", json=chat(stream=True)) as stream:
+        assert float(stream.headers["x-modelpool-overhead-ms"]) > 0
+        await stream.read()
+    metrics = await (await daemon.http.get("/metrics")).text()
+    assert "modelpool_overhead_seconds_count 2.0" in metrics

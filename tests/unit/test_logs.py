@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterator
 
 import orjson
 import pytest
 
-from modelpool.logs import REQUEST_ID, setup_logging
+from modelpool import logs
+from modelpool.logs import REQUEST_ID, batched_record, setup_logging
 
 
 class Captured:
@@ -23,10 +25,11 @@ class Captured:
 def captured(capsys: pytest.CaptureFixture[str]) -> Iterator[Captured]:
     """setup_logging writes to sys.stdout as it is when called: pytest's capture here."""
     root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
+    handlers, level, batched = root.handlers[:], root.level, logs.BATCHED
     yield Captured(capsys)
     root.handlers[:] = handlers
     root.setLevel(level)
+    logs.BATCHED = batched  # the daemon's batched access writer, set by setup_logging
 
 
 def test_json_lines_carry_fields_and_the_current_request_id(captured: Captured) -> None:
@@ -66,3 +69,14 @@ def test_exceptions_are_one_json_object(captured: Captured) -> None:
         logging.getLogger("modelpool.test").exception("failed")
     [line] = captured.getvalue().splitlines()
     assert "ValueError: boom" in orjson.loads(line)["exc"]
+
+
+async def test_access_lines_are_written_in_batches(captured: Captured) -> None:
+    setup_logging("json", "info")
+    for i in range(3):
+        batched_record("modelpool.access", "access", {"n": i, "request_id": f"r{i}"})
+    assert captured.getvalue() == ""  # held for up to 0.1 s: one write, not three
+    await asyncio.sleep(0.15)
+    lines = [orjson.loads(line) for line in captured.getvalue().splitlines()]
+    assert [(line["n"], line["request_id"]) for line in lines] == [(0, "r0"), (1, "r1"), (2, "r2")]
+    assert {line["logger"] for line in lines} == {"modelpool.access"}
