@@ -36,7 +36,7 @@ STREAM_EVERY = 3
 CAP = 4
 MAX_WAITING = 20
 QUEUE_TIMEOUT_S = 1.0
-MARGIN_S = 1.0
+MARGIN_S = 2.0
 """On top of the queue timeout: relaying, 300 connections at once on a busy machine."""
 CLIENT_TIMEOUT_S = 10.0
 
