@@ -15,6 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
+from modelpool import openapi
 from modelpool.access import access_middleware, add_request_id
 from modelpool.admin import AdminApi
 from modelpool.api import ProxyApi
@@ -121,6 +122,7 @@ def build_app(
         shared=shared,
     )
     app.add_routes(admin.routes())
+    app.add_routes(openapi.routes())
     app.cleanup_ctx.append(_close_transports)
     app.cleanup_ctx.append(_usage_store)
     _warn_about_accounting(config)

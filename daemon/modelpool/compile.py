@@ -132,13 +132,13 @@ def _pool(
 def failover_chain(start: str, pools: Mapping[str, PoolSpec]) -> tuple[str, ...]:
     """``start`` then its failover pools depth-first; each pool once, so loops end."""
     chain: list[str] = []
-
-    def visit(name: str) -> None:
-        if name in chain or name not in pools:
-            return
+    seen: set[str] = set()
+    stack = [start]  # iterative depth-first: a chain of thousands of pools is fine
+    while stack:
+        name = stack.pop()
+        if name in seen or name not in pools:
+            continue
+        seen.add(name)
         chain.append(name)
-        for target in pools[name].failover:
-            visit(target)
-
-    visit(start)
+        stack.extend(reversed(pools[name].failover))
     return tuple(chain)

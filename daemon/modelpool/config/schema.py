@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import json
 from collections.abc import Iterable, Iterator, Mapping
+from datetime import date
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -88,7 +89,7 @@ def validate_schema(
     substituted values without validating a large config twice; the schema has
     no rule spanning two entries, so the verdict is the same.
     """
-    if within is None and _gate().is_valid(doc.data):
+    if within is None and _passes_gate(doc.data):
         return []
     issues: list[ConfigIssue] = []
     for prefix, error in _errors(doc.data, within):
@@ -98,6 +99,15 @@ def validate_schema(
             issues.append(doc.issue(path, message))
     issues.sort(key=lambda i: (i.line or 0, i.path))
     return issues
+
+
+def _passes_gate(data: Any) -> bool:
+    try:
+        return bool(_gate().is_valid(data))
+    except ValueError:
+        # A value JSON has no type for (a YAML date such as an unquoted
+        # `api_version: 2023-06-01`, `!!binary`): jsonschema says where it is.
+        return False
 
 
 def _errors(data: Any, within: Iterable[Path] | None) -> Iterator[tuple[Path, ValidationError]]:
@@ -181,7 +191,8 @@ def _unknown_keys(error: ValidationError, path: Path) -> Iterator[tuple[Path, st
     for key in extra:
         close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
         hint = f" (did you mean '{close[0]}'?)" if close else f" (known keys: {', '.join(known)})"
-        yield (*path, key), f"unknown key '{key}'{hint}"
+        shown = f"'{key}'" if key.isprintable() else repr(key)
+        yield (*path, key), f"unknown key {shown}{hint}"
 
 
 def _enum(error: ValidationError) -> str:
@@ -249,4 +260,10 @@ def _type_of(value: object) -> str:
         return "a list"
     if isinstance(value, int | float):
         return f"the number {value}"
+    if isinstance(value, date):  # YAML reads an unquoted 2023-06-01 as a date
+        return f"the date {value.isoformat()} (quote it to make it a string)"
+    if isinstance(value, bytes):
+        return "binary data (!!binary)"
+    if not isinstance(value, str):
+        return f"a YAML {type(value).__name__}"
     return f"the string {value!r}"

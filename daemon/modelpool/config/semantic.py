@@ -85,23 +85,43 @@ def _failover(doc: Document, data: Mapping[str, Any]) -> Iterator[tuple[Path, st
 
 
 def _cycles(pools: Mapping[str, Any]) -> Iterator[tuple[Path, str]]:
-    """Report each failover cycle once, at the edge that closes it."""
-    reported: set[frozenset[str]] = set()
+    """Report each failover cycle once, at the edge that closes it.
 
-    def walk(name: str, trail: list[str]) -> Iterator[tuple[Path, str]]:
-        for i, target in enumerate(pools[name].get("failover", [])):
-            if target not in pools or target == name:
-                continue
-            if target in trail:
-                cycle = [*trail[trail.index(target) :], target]
-                if frozenset(cycle) not in reported:
-                    reported.add(frozenset(cycle))
-                    yield ("pools", name, "failover", i), "failover cycle: " + " → ".join(cycle)
-            else:
-                yield from walk(target, [*trail, target])
-
+    One depth-first walk in file order, iterative and linear in pools plus edges:
+    walking every path from every pool is exponential in a web of failovers, and
+    recursion stops at Python's stack limit on a chain of ~1,000 pools.
+    """
+    finished: set[str] = set()
     for start in pools:
-        yield from walk(start, [start])
+        if start in finished:
+            continue
+        trail, on_trail = [start], {start}
+        stack = [(start, _failovers(pools, start))]
+        while stack:
+            name, edges = stack[-1]
+            step = next(edges, None)
+            if step is None:
+                stack.pop()
+                on_trail.discard(trail.pop())
+                finished.add(name)
+                continue
+            i, target = step
+            if target in finished:
+                continue
+            if target in on_trail:
+                cycle = [*trail[trail.index(target) :], target]
+                yield ("pools", name, "failover", i), "failover cycle: " + " → ".join(cycle)
+                continue
+            trail.append(target)
+            on_trail.add(target)
+            stack.append((target, _failovers(pools, target)))
+
+
+def _failovers(pools: Mapping[str, Any], name: str) -> Iterator[tuple[int, str]]:
+    """``name``'s failover pools that exist (other problems are reported on their own)."""
+    for i, target in enumerate(pools[name].get("failover", [])):
+        if target in pools and target != name:
+            yield i, target
 
 
 def _clients(doc: Document, data: Mapping[str, Any]) -> Iterator[tuple[Path, str]]:

@@ -35,6 +35,8 @@ DEFAULT_GROUP_BY = "client,pool,model,day"
 GROUP_KEYS: dict[str, GroupKey] = {key: key for key in get_args(GroupKey)}
 _AGE = re.compile(r"^\s*(\d+)\s*([hdw])\s*$")
 _AGE_UNITS = {"h": 3600, "d": 86400, "w": 7 * 86400}
+MAX_AGE_YEARS = 100
+MAX_AGE = MAX_AGE_YEARS * 366 * 86400
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +120,10 @@ def parse_time(text: str, now: float) -> float:
     """Unix time of ``YYYY-MM-DD``, an ISO time (UTC unless it says), or an age (``7d``)."""
     age = _AGE.match(text)
     if age:
-        return now - int(age[1]) * _AGE_UNITS[age[2]]
+        seconds = int(age[1]) * _AGE_UNITS[age[2]]
+        if seconds > MAX_AGE:
+            raise ValueError(f"not a time: {text!r} is further back than {MAX_AGE_YEARS} years")
+        return now - seconds
     try:
         moment = datetime.fromisoformat(text.strip())
     except ValueError:
