@@ -219,16 +219,33 @@ def blocking(gates: Sequence[Gate], tokens: int) -> Refusal | None:
     return max(refusals, key=lambda r: r.retry_in) if refusals else None
 
 
+class Batch(Protocol):
+    """Takes from several gates in one go (shared gates: one Redis round trip)."""
+
+    async def take_many(self, gates: Sequence[Gate], amounts: Sequence[int]) -> None: ...
+
+
 async def take_all(gates: Sequence[Gate], tokens: int, lease: Lease) -> None:
     """Take from every gate, or from none: the caller checked ``blocking`` just before,
     but a shared gate can still refuse (GateRefused), and then what this call took is
-    given back before the refusal goes on."""
+    given back before the refusal goes on. Gates that share a ``batch`` (the shared
+    ones) are taken together, in one call."""
     taken: list[tuple[Gate, int]] = []
+    batches: dict[int, tuple[Batch, list[Gate], list[int]]] = {}
     try:
         for gate in gates:
             amount = tokens if gate.kind == "tpm" else 1
-            await gate.take(amount)
-            taken.append((gate, amount))
+            batch: Batch | None = getattr(gate, "batch", None)
+            if batch is None:
+                await gate.take(amount)
+                taken.append((gate, amount))
+            else:
+                _, group, amounts = batches.setdefault(id(batch), (batch, [], []))
+                group.append(gate)
+                amounts.append(amount)
+        for batch, group, amounts in batches.values():
+            await batch.take_many(group, amounts)
+            taken.extend(zip(group, amounts, strict=True))
     except BaseException:
         for gate, amount in taken:
             gate.give(amount, 0)

@@ -185,3 +185,37 @@ async def test_a_reloaded_limit_applies_to_the_same_shared_count(links: Links) -
     [bigger] = state.gates(Limits(rpm=8))  # the reload raised the limit
     assert bigger is not gate
     assert await admitted(bigger, 8) == 3  # the 5 already counted still count
+
+
+async def evalsha_calls(redis_server: RedisServer) -> int:
+    import redis.asyncio as aioredis
+
+    async with aioredis.from_url(redis_server.url) as client:
+        stats = await client.info("commandstats")
+    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0)) + int(
+        stats.get("cmdstat_eval", {}).get("calls", 0)
+    )
+
+
+async def test_a_requests_shared_gates_are_one_round_trip_all_or_nothing(
+    links: Links, redis_server: RedisServer
+) -> None:
+    clock = SystemClock()
+    factory = SharedGates(links(), clock)
+    rpm = factory("rpm", 100, "model:m")
+    tpm = factory("tpm", 1000, "pool:p")
+    slots = factory("concurrency", 1, "client:a")
+    await take_all([factory("rpm", 5, "warm-up")], 1, Lease())  # loads the script
+    before = await evalsha_calls(redis_server)
+    lease = Lease()
+    await take_all([rpm, tpm, slots], 300, lease)
+    assert await evalsha_calls(redis_server) - before == 1  # three gates, one script
+
+    # the client's one slot is taken: a second request counts nowhere, not even rpm
+    with pytest.raises(GateRefused):
+        await take_all([rpm, tpm, slots], 300, Lease())
+    assert rpm.level == 1
+    lease.release(used_tokens=100)  # two give-backs (tpm, slot), sent together
+    await asyncio.sleep(0.1)
+    assert await evalsha_calls(redis_server) - before == 3
+    await take_all([tpm], 900, Lease())  # 200 used + 900 fits in 1000 only after the refund

@@ -59,8 +59,10 @@ DAY_MS = 86_400_000
 
 
 class SharedReservation:
-    def __init__(self, link: RedisLink, keys: list[str], units: list[str], amounts: list[float]):
-        self._link = link
+    def __init__(
+        self, book: SharedBudgetBook, keys: list[str], units: list[str], amounts: list[float]
+    ) -> None:
+        self._book = book
         self._keys = keys
         self._units = units
         self._amounts = amounts
@@ -73,7 +75,7 @@ class SharedReservation:
         args: list[Any] = []
         for unit, amount in zip(self._units, self._amounts, strict=True):
             args += [repr(amount), repr(usd if unit == "usd" else float(tokens))]
-        self._link.spawn(self._link.script(SETTLE, self._keys, args))
+        self._book.settle_soon(self._keys, args)
 
 
 class SharedBudgetBook:
@@ -85,7 +87,18 @@ class SharedBudgetBook:
         self._clock = clock
         self._started: set[str] = set()
         self._local = BudgetBook(store, clock)
-        self._last: dict[str, dict[str, object]] = {}
+        self._settles: tuple[list[str], list[Any]] = ([], [])
+
+    def settle_soon(self, keys: list[str], args: list[Any]) -> None:
+        """Queue a settlement; every one queued in this loop turn goes in one script."""
+        if not self._settles[0]:
+            self._link.soon(self._flush_settles)
+        self._settles[0].extend(keys)
+        self._settles[1].extend(args)
+
+    def _flush_settles(self) -> None:
+        (keys, args), self._settles = self._settles, ([], [])
+        self._link.spawn(self._link.script(SETTLE, keys, args))
 
     async def reserve(
         self, scopes: list[tuple[Scope, str, Budget]], usd: float, tokens: float
@@ -112,7 +125,7 @@ class SharedBudgetBook:
             end = period_bounds(period, now)[1]
             raise exceeded(scope, name, budget, unit, period, cap, end, now)
         amounts = [usd if w[3] == "usd" else float(tokens) for w in wanted]
-        return SharedReservation(self._link, keys, [w[3] for w in wanted], amounts)
+        return SharedReservation(self, keys, [w[3] for w in wanted], amounts)
 
     async def _reserve_down(
         self, scopes: list[tuple[Scope, str, Budget]], usd: float, tokens: float

@@ -27,6 +27,10 @@ log = logging.getLogger("modelpool.shared")
 T = TypeVar("T")
 
 
+MAX_CONNECTIONS = 32
+"""Connections to Redis per sidecar: one round trip per request needs few."""
+
+
 class SharedDown(Exception):
     """Redis did not answer in time, or answered with an error."""
 
@@ -43,12 +47,15 @@ class RedisLink:
         self.spec = spec
         self.prefix = spec.prefix
         self.where = where(spec.redis.reveal())
-        self._client = aioredis.from_url(
+        pool = aioredis.BlockingConnectionPool.from_url(
             spec.redis.reveal(),
+            max_connections=MAX_CONNECTIONS,
+            timeout=spec.timeout,  # a full pool waits this long, then counts as Redis slow
             socket_timeout=spec.timeout,
             socket_connect_timeout=spec.timeout,
             health_check_interval=0,
         )
+        self._client = aioredis.Redis(connection_pool=pool)
         self.up = True
         self._scripts: dict[str, Any] = {}
         self._background: set[asyncio.Task[Any]] = set()
@@ -85,6 +92,10 @@ class RedisLink:
     async def mget(self, keys: Sequence[str]) -> list[Any]:
         values: list[Any] = await self.call(lambda client: client.mget(keys))
         return values
+
+    def soon(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` at the end of this event-loop turn (to batch work in it)."""
+        asyncio.get_running_loop().call_soon(callback)
 
     def spawn(self, coroutine: Awaitable[Any]) -> None:
         """Fire and forget (a settlement): failures are already logged by ``call``."""
