@@ -90,6 +90,8 @@ class Variant:
     client_extra: dict[str, object] = field(default_factory=dict)
     usage: dict[str, object] | None = None
     """The ``usage:`` section; default: a SQLite file of the variant's own."""
+    config_extra: dict[str, object] = field(default_factory=dict)
+    """More top-level config sections (``shared_state:``, …)."""
 
 
 VARIANTS = (
@@ -141,6 +143,7 @@ def config_for(variant: Variant, index: int, port: int, upstream: int) -> dict[s
         "pools": {POOL: {"members": ["bench-json"], **variant.pool}},
         "clients": {"bench": client},
         "usage": variant.usage or {"store": f"usage-{index}.db"},
+        **variant.config_extra,
     }
 
 
@@ -188,8 +191,16 @@ Samples = dict[str, list[float]]
 
 
 def measure_once(
-    procs: Processes, workdir: Path, cpus: CpuPlan, plan: Plan, target: Target, into: Samples
+    procs: Processes,
+    workdir: Path,
+    cpus: CpuPlan,
+    plan: Plan,
+    target: Target,
+    into: Samples,
+    settle: Callable[[str], None] | None = None,
 ) -> None:
+    """One repetition of one target; ``settle(run)`` is called after the closed-loop and the
+    unloaded run (to let work the target still does in the background finish first)."""
     body = chat_body(POOL, False)
 
     def wrk(connections: int, seconds: float, rate: float | None = None) -> loadgen.WrkResult:
@@ -217,9 +228,14 @@ def measure_once(
         "closed_p50": closed.p50_ms,
         "closed_p99": closed.p99_ms,
         "socket_errors": float(closed.errors - closed.non2xx),
+        "closed_requests": float(closed.requests),
     }
     if not target.variant.rate_bound:
+        if settle:
+            settle("closed")
         unloaded = wrk(1, plan.unloaded_s)
+        if settle:
+            settle("unloaded")
         paced = wrk(plan.rate_connections, plan.rate_s, plan.rate)
         values |= {
             "idle_p50": unloaded.p50_ms,
