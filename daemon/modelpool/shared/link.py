@@ -27,6 +27,7 @@ log = logging.getLogger("modelpool.shared")
 T = TypeVar("T")
 
 
+DOWN_AFTER = 3
 MAX_CONNECTIONS = 32
 """Connections to Redis per sidecar: one round trip per request needs few."""
 
@@ -57,6 +58,8 @@ class RedisLink:
         )
         self._client = aioredis.Redis(connection_pool=pool)
         self.up = True
+        self._failures = 0
+        """Failed calls in a row: one slow reply under load is not an outage."""
         self._scripts: dict[str, Any] = {}
         self._background: set[asyncio.Task[Any]] = set()
 
@@ -73,8 +76,9 @@ class RedisLink:
             async with asyncio.timeout(self.spec.timeout * 2):
                 result = await operation(self._client)
         except (RedisError, OSError, TimeoutError) as exc:
-            self._mark_down(exc)
+            self._failed(exc)
             raise SharedDown(str(exc)) from None
+        self._failures = 0
         if not self.up:
             self.up = True
             log.info("shared state is back", extra={"redis": self.where})
@@ -131,7 +135,12 @@ class RedisLink:
                 await asyncio.wait_for(task, 1.0)
         await self._client.aclose()
 
-    def _mark_down(self, exc: BaseException) -> None:
+    def _failed(self, exc: BaseException) -> None:
+        """Down after DOWN_AFTER failures in a row: one late reply (a saturated event loop)
+        is not an outage. Each failed call falls back on its own meanwhile."""
+        self._failures += 1
+        if self._failures < DOWN_AFTER:
+            return
         if self.up:
             self.up = False
             mode = self.spec.on_failure
