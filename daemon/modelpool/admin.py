@@ -181,6 +181,10 @@ class AdminApi:
         unknown = {"status": "unknown", "reason": "health checks are off"}
         return {name: unknown for name in table.config.providers}
 
+    def authorize(self, request: web.Request) -> None:
+        """Refuse ``request`` unless it may see /admin/* (the dashboard uses this too)."""
+        self._authorize(request)
+
     def _authorize(self, request: web.Request) -> None:
         token = self._holder.current.config.server.admin_token
         if token is None:

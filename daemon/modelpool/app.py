@@ -23,6 +23,7 @@ from modelpool.api_errors import error_middleware
 from modelpool.clock import Clock, SystemClock
 from modelpool.compile import compile_table
 from modelpool.config.spec import Config
+from modelpool.dashboard import DashboardApi
 from modelpool.dispatch import Dispatcher
 from modelpool.drain import Drain, drain_middleware
 from modelpool.health import HealthChecker
@@ -123,6 +124,15 @@ def build_app(
     )
     app.add_routes(admin.routes())
     app.add_routes(openapi.routes())
+    dashboard = DashboardApi(
+        holder,
+        reloader,
+        metrics,
+        authorize=admin.authorize,
+        accountant=accountant,
+        health=checker,
+    )
+    app.add_routes(dashboard.routes())
     app.cleanup_ctx.append(_close_transports)
     app.cleanup_ctx.append(_usage_store)
     _warn_about_accounting(config)
