@@ -29,6 +29,7 @@ from modelpool.drain import Drain, drain_middleware
 from modelpool.health import HealthChecker
 from modelpool.listeners import ADMIN_SOCKETS, admin_gate, start_admin_listener
 from modelpool.logs import flush_logs
+from modelpool.mcp import McpEndpoint
 from modelpool.metrics import Metrics, watch_capacity_of
 from modelpool.notify import Notifier
 from modelpool.reload import Reloader
@@ -133,6 +134,10 @@ def build_app(
         health=checker,
     )
     app.add_routes(dashboard.routes())
+    mcp = McpEndpoint(holder, accountant, health=checker)
+    app.add_routes(mcp.routes())
+    app.cleanup_ctx.append(mcp.running)  # the SDK's session manager, in its own task
+    app.on_shutdown.append(mcp.closing)  # ends open MCP streams so shutdown is not held
     app.cleanup_ctx.append(_close_transports)
     app.cleanup_ctx.append(_usage_store)
     _warn_about_accounting(config)

@@ -140,3 +140,4 @@ def setup_logging(fmt: str = "json", level: str = "info") -> None:
     root.setLevel(level.upper())
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     logging.getLogger("watchfiles").setLevel(logging.WARNING)  # "N changes detected" is noise
+    logging.getLogger("mcp").setLevel(logging.WARNING)  # a line per MCP request otherwise
