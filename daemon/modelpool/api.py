@@ -43,13 +43,9 @@ async def read_json(request: web.Request, limit: int) -> dict[str, Any]:
     """The request body as a JSON object, refusing more than ``limit`` bytes."""
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"request body of {request.content_length} bytes exceeds {limit}")
-    raw = bytearray()
     try:
         async with asyncio.timeout(BODY_TIMEOUT):
-            while chunk := await request.content.readany():
-                raw += chunk
-                if len(raw) > limit:
-                    raise PayloadTooLarge(f"request body exceeds {limit} bytes")
+            raw = await _body(request, limit)
     except TimeoutError:
         raise RequestTimeout(f"request body not received within {BODY_TIMEOUT:g}s") from None
     if not raw:
@@ -61,6 +57,24 @@ async def read_json(request: web.Request, limit: int) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise BadRequest("request body must be a JSON object")
     return body
+
+
+async def _body(request: web.Request, limit: int) -> bytes | bytearray:
+    """The whole body: in one read when its length is announced (within ``limit``),
+    else read on, counting, up to ``limit``."""
+    if request.content_length == 0:
+        return b""
+    if request.content_length is not None:
+        try:
+            return await request.content.readexactly(request.content_length)
+        except asyncio.IncompleteReadError:
+            raise BadRequest("the request body ended before its Content-Length") from None
+    raw = bytearray()
+    while chunk := await request.content.readany():
+        raw += chunk
+        if len(raw) > limit:
+            raise PayloadTooLarge(f"request body exceeds {limit} bytes")
+    return raw
 
 
 def _require(body: dict[str, Any], key: str, kinds: tuple[type, ...], what: str) -> None:

@@ -87,7 +87,25 @@ class BatchedLines:
         self._pending: asyncio.TimerHandle | None = None
 
     def emit(self, record: logging.LogRecord) -> None:
-        self._lines.append(self._formatter.format(record))
+        self.add(self._formatter.format(record))
+
+    def emit_fields(self, name: str, message: str, fields: dict[str, Any]) -> None:
+        """One INFO line from ``fields``, without a LogRecord when the format is JSON
+        (the per-request path: a record costs more than the line)."""
+        if not isinstance(self._formatter, JsonFormatter):
+            record = logging.getLogger(name).makeRecord(
+                name, logging.INFO, "", 0, message, (), None, extra=fields
+            )
+            self.emit(record)
+            return
+        now = time.time()
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now))
+        head = {"ts": f"{stamp}.{int(now * 1000) % 1000:03d}Z", "level": "info"}
+        entry = head | {"logger": name, "msg": message} | fields
+        self.add(orjson.dumps(entry, default=str).decode())
+
+    def add(self, line: str) -> None:
+        self._lines.append(line)
         if self._pending is None:
             try:
                 loop = asyncio.get_running_loop()
@@ -122,9 +140,7 @@ def batched_record(name: str, message: str, fields: dict[str, Any]) -> None:
     if BATCHED is None:
         logger.info(message, extra=fields)
         return
-    record = logger.makeRecord(name, logging.INFO, "", 0, message, (), None, extra=fields)
-    record.request_id = fields.get("request_id")
-    BATCHED.emit(record)
+    BATCHED.emit_fields(name, message, fields)
 
 
 def setup_logging(fmt: str = "json", level: str = "info") -> None:
