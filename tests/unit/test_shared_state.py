@@ -216,7 +216,7 @@ async def test_a_requests_shared_gates_are_one_round_trip_all_or_nothing(
     # the client's one slot is taken: a second request counts nowhere, not even rpm
     with pytest.raises(GateRefused):
         await take_all([rpm, tpm, slots], 300, Lease())
-    assert rpm.level == 1
+    assert rpm.level == pytest.approx(1, abs=0.01)  # not counted by the refused request
     lease.release(used_tokens=100)  # two give-backs (tpm, slot), sent together
     await asyncio.sleep(0.1)
     assert await evalsha_calls(redis_server) - before == 3
