@@ -5,7 +5,7 @@ from __future__ import annotations
 import hmac
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 import prometheus_client
@@ -21,13 +21,15 @@ from modelpool.limits import Gate
 from modelpool.listeners import via_unix_socket
 from modelpool.metrics import Metrics
 from modelpool.reload import Reloader
-from modelpool.shared.state import SharedState
 from modelpool.state import ModelState
 from modelpool.table import RoutingTable, TableHolder
 from modelpool.usage.accounting import Accountant
 from modelpool.usage.cli_report import DEFAULT_GROUP_BY, UsageArgs, build_query
 from modelpool.usage.report import report_json
 from modelpool.usage.store import StoreError
+
+if TYPE_CHECKING:
+    from modelpool.shared.state import SharedState
 
 Report = Mapping[str, Mapping[str, Any]]
 

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import signal
 from collections.abc import AsyncIterator, Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -29,16 +29,18 @@ from modelpool.drain import Drain, drain_middleware
 from modelpool.health import HealthChecker
 from modelpool.listeners import ADMIN_SOCKETS, admin_gate, start_admin_listener
 from modelpool.logs import flush_logs
-from modelpool.mcp import McpEndpoint
+from modelpool.mcp_lazy import LazyMcp
 from modelpool.metrics import Metrics, watch_capacity_of
 from modelpool.notify import Notifier
 from modelpool.reload import Reloader
-from modelpool.shared.state import SharedState
 from modelpool.state import StateRegistry
 from modelpool.table import TableHolder
 from modelpool.upstream import Transports
 from modelpool.usage.accounting import Accountant
 from modelpool.usage.store import open_store
+
+if TYPE_CHECKING:
+    from modelpool.shared.state import SharedState
 
 log = logging.getLogger("modelpool")
 
@@ -52,7 +54,7 @@ BACKGROUND = web.AppKey("background", set[asyncio.Task[object]])
 HEALTH = web.AppKey("health", HealthChecker)
 ACCOUNTANT = web.AppKey("accountant", Accountant)
 DRAIN = web.AppKey("drain", Drain)
-SHARED = web.AppKey("shared", SharedState)
+SHARED: web.AppKey[SharedState] = web.AppKey("shared")
 
 
 KEEPALIVE_TIMEOUT = 15.0
@@ -69,7 +71,7 @@ def build_app(
     checks (the daemon does both; most tests don't).
     """
     clock = clock or SystemClock()
-    shared = SharedState.of(config.shared_state, clock)
+    shared = _shared(config, clock)
     registry = StateRegistry(clock, shared.gates if shared is not None else None)
     transports = Transports()
     holder = TableHolder(
@@ -134,9 +136,8 @@ def build_app(
         health=checker,
     )
     app.add_routes(dashboard.routes())
-    mcp = McpEndpoint(holder, accountant, health=checker)
+    mcp = LazyMcp(holder, accountant, health=checker)  # the SDK loads on the first /mcp
     app.add_routes(mcp.routes())
-    app.cleanup_ctx.append(mcp.running)  # the SDK's session manager, in its own task
     app.on_shutdown.append(mcp.closing)  # ends open MCP streams so shutdown is not held
     app.cleanup_ctx.append(_close_transports)
     app.cleanup_ctx.append(_usage_store)
@@ -185,6 +186,15 @@ async def _check_health(app: web.Application) -> AsyncIterator[None]:
         await asyncio.wait_for(task, timeout=5)
     except TimeoutError:
         log.warning("health checker did not stop in time")
+
+
+def _shared(config: Config, clock: Clock) -> SharedState | None:
+    """The Redis shared state, when configured (redis-py is imported only then)."""
+    if not config.shared_state.enabled:
+        return None
+    from modelpool.shared.state import SharedState
+
+    return SharedState(config.shared_state, clock)
 
 
 async def _shared_state(app: web.Application) -> AsyncIterator[None]:
