@@ -56,7 +56,7 @@ from redis.exceptions import AuthenticationError, RedisError, ResponseError
 
 from modelpool.usage.record import Totals, UsageRecord
 from modelpool.usage.store import BUCKET, Query, Row, StoreError
-from modelpool.usage.tally import COUNTERS, Key, Tally, bucket_of
+from modelpool.usage.tally import COUNTERS, Key, Tally, bucket_of, count_into
 
 log = logging.getLogger("modelpool.usage")
 
@@ -372,11 +372,7 @@ class RedisStore:
         if self._closed:
             log.warning("usage record after the store closed dropped (%s)", record.client)
             return
-        key = (bucket_of(record.at), record.client, record.pool, record.model)
-        tally = self._buffer.get(key)
-        if tally is None:
-            tally = self._buffer[key] = Tally()
-        tally.count(record)
+        count_into(self._buffer, record)
 
     async def flush(self) -> None:
         """Retry the held batch, then send the buffer as a new one. A batch that fails

@@ -60,7 +60,7 @@ from urllib.parse import quote
 
 from modelpool.usage.record import Totals, UsageRecord
 from modelpool.usage.store import Query, Row, StoreError
-from modelpool.usage.tally import COUNTERS, Key, Tally, bucket_of
+from modelpool.usage.tally import COUNTERS, Key, Tally, bucket_of, count_into
 
 log = logging.getLogger("modelpool.usage")
 
@@ -390,11 +390,7 @@ class SQLiteStore:
         if self._closed:
             log.warning("usage record after the store closed dropped (%s)", record.client)
             return
-        key = (bucket_of(record.at), record.client, record.pool, record.model)
-        tally = self._buffer.get(key)
-        if tally is None:
-            tally = self._buffer[key] = Tally()
-        tally.count(record)
+        count_into(self._buffer, record)
 
     async def flush(self) -> None:
         """Write what is buffered; on failure it stays buffered (and is logged)."""

@@ -67,3 +67,12 @@ class Tally:
 
     def values(self) -> tuple[int | float, ...]:
         return tuple(getattr(self, name) for name in COUNTERS)
+
+
+def count_into(buffer: dict[Key, Tally], record: UsageRecord) -> None:
+    """Count ``record`` in its bucket's tally in ``buffer`` (what ``add`` does: no I/O)."""
+    key = (bucket_of(record.at), record.client, record.pool, record.model)
+    tally = buffer.get(key)
+    if tally is None:
+        tally = buffer[key] = Tally()
+    tally.count(record)
