@@ -22,26 +22,8 @@ Why it is shaped this way:
 
 The schema is versioned by ``PRAGMA user_version``; :data:`MIGRATIONS` is
 the ordered list of steps, and version ``n`` is the file after the first
-``n`` steps. Version 1::
-
-    CREATE TABLE usage_buckets (
-        bucket_start       INTEGER NOT NULL,   -- unix seconds, a whole UTC hour
-        client             TEXT    NOT NULL,
-        pool               TEXT    NOT NULL,
-        model              TEXT    NOT NULL,
-        requests           INTEGER NOT NULL DEFAULT 0,
-        errors             INTEGER NOT NULL DEFAULT 0,
-        cancelled          INTEGER NOT NULL DEFAULT 0,
-        input_tokens       INTEGER NOT NULL DEFAULT 0,
-        output_tokens      INTEGER NOT NULL DEFAULT 0,
-        cache_read_tokens  INTEGER NOT NULL DEFAULT 0,
-        cache_write_tokens INTEGER NOT NULL DEFAULT 0,
-        cost_usd           REAL    NOT NULL DEFAULT 0,
-        cost_unknown       INTEGER NOT NULL DEFAULT 0,
-        PRIMARY KEY (bucket_start, client, pool, model)
-    ) WITHOUT ROWID;
-    CREATE INDEX usage_buckets_by_client ON usage_buckets (client, bucket_start);
-    CREATE INDEX usage_buckets_by_pool ON usage_buckets (pool, bucket_start);
+``n`` steps (version 1: the ``usage_buckets`` table, keyed by hour, client,
+pool and model, one column per counter, and indexes by client and by pool).
 """
 
 from __future__ import annotations
