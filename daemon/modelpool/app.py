@@ -251,15 +251,17 @@ async def serve(config: Config, host: str, port: int) -> int:
     await runner.setup()
     site = web.TCPSite(runner, host, port, backlog=1024, reuse_address=True)
     await site.start()
-    for address in runner.addresses:
+    proxy_addresses = list(runner.addresses)
+    if config.server.admin_listen is not None:
+        # Before "listening": that line tells supervisors and tests everything is up.
+        where = await start_admin_listener(runner, app, config.server.admin_listen)
+        log.info("admin listening", extra={"url": where})
+    for address in proxy_addresses:
         bound_host, bound_port = address[0], address[1]
         shown = f"[{bound_host}]" if ":" in bound_host else bound_host
         log.info(
             "listening", extra={"url": f"http://{shown}:{bound_port}", "config": config.source}
         )
-    if config.server.admin_listen is not None:
-        where = await start_admin_listener(runner, app, config.server.admin_listen)
-        log.info("admin listening", extra={"url": where})
     signals = _Signals(app, notifier)
     notifier.ready(_status(app))
     watchdog_stop = asyncio.Event()  # its own: the watchdog keeps pinging through the drain
