@@ -13,11 +13,13 @@ from collections.abc import Iterable, Iterator, Mapping
 from datetime import date
 from functools import cache
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jsonschema_rs
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import ValidationError
+
+if TYPE_CHECKING:  # imported when an error needs explaining: ~5 MB a valid config never pays
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import ValidationError
 
 from modelpool.config.source import Document, Path
 from modelpool.errors import ConfigIssue
@@ -41,6 +43,8 @@ def _gate() -> Any:
 
 @cache
 def _validator() -> Draft202012Validator:
+    from jsonschema import Draft202012Validator
+
     schema = json.loads(schema_text())
     Draft202012Validator.check_schema(schema)
     return Draft202012Validator(_inline_refs(schema))
@@ -89,7 +93,7 @@ def validate_schema(
     substituted values without validating a large config twice; the schema has
     no rule spanning two entries, so the verdict is the same.
     """
-    if within is None and _passes_gate(doc.data):
+    if _passes_gate(doc.data):  # the whole passes, so does every part of it
         return []
     issues: list[ConfigIssue] = []
     for prefix, error in _errors(doc.data, within):

@@ -98,13 +98,15 @@ def sqlite_path(store: str) -> Path:
 def open_store(spec: UsageSpec) -> UsageStore | None:
     """The store ``spec`` names, not yet opened (the caller awaits ``open``, then ``close``);
     None for ``usage.store: none``."""
-    from modelpool.usage.redis_store import RedisStore  # here: both import this module
-    from modelpool.usage.sqlite import SQLiteStore
-
+    # imported here: both import this module, and redis-py (~10 MB, 0.1 s) only when used
     if spec.store == "none":
         return None
     if spec.store.startswith(tuple(f"{scheme}://" for scheme in REDIS_SCHEMES)):
+        from modelpool.usage.redis_store import RedisStore
+
         return RedisStore(spec.store, flush_interval=spec.flush_interval, retention=spec.retention)
+    from modelpool.usage.sqlite import SQLiteStore
+
     return SQLiteStore(
         sqlite_path(spec.store), flush_interval=spec.flush_interval, retention=spec.retention
     )
