@@ -10,6 +10,7 @@ client, pool, model, attempts, outcome, tokens and cost. Never a body.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
 import secrets
@@ -37,9 +38,17 @@ MAX_PATH = 200
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+_PREFIX = secrets.token_hex(5)
+_serial = itertools.count(1)
+
+
 def request_id(request: web.Request) -> str:
-    given = request.headers.get(HEADER, "")
-    return given if _SANE.match(given) else secrets.token_hex(8)
+    """The client's own id when sane, else this process's random prefix and a serial:
+    unique without a random read per request."""
+    given = request.headers.get(HEADER)
+    if given is not None and _SANE.match(given):
+        return given
+    return f"{_PREFIX}{next(_serial):06x}"
 
 
 def access_middleware(enabled: Callable[[], bool]) -> Any:

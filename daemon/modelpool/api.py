@@ -43,11 +43,17 @@ async def read_json(request: web.Request, limit: int) -> dict[str, Any]:
     """The request body as a JSON object, refusing more than ``limit`` bytes."""
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"request body of {request.content_length} bytes exceeds {limit}")
-    try:
-        async with asyncio.timeout(BODY_TIMEOUT):
-            raw = await _body(request, limit)
-    except TimeoutError:
-        raise RequestTimeout(f"request body not received within {BODY_TIMEOUT:g}s") from None
+    content = request.content
+    if content.is_eof():  # the usual case: the whole body came with the head
+        raw: bytes | bytearray = content.read_nowait(-1)
+        if len(raw) > limit:  # a chunked body announces no length
+            raise PayloadTooLarge(f"request body exceeds {limit} bytes")
+    else:
+        try:
+            async with asyncio.timeout(BODY_TIMEOUT):
+                raw = await _body(request, limit)
+        except TimeoutError:
+            raise RequestTimeout(f"request body not received within {BODY_TIMEOUT:g}s") from None
     if not raw:
         raise BadRequest("request body is empty; expected a JSON object")
     try:

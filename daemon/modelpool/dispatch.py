@@ -349,7 +349,9 @@ class Dispatcher:
                 attempt = await self._try(route, member, request, progress, lease, bridge, call)
                 if attempt is None:
                     continue
-                async with self._settle(member, attempt) as outcome:
+                self._answered(member, attempt)
+                ended: Served | None = None  # stays None if the relay is interrupted
+                try:
                     served = Served(
                         pool_name,
                         member,
@@ -363,7 +365,9 @@ class Dispatcher:
                         upstream_seconds=progress.upstream_seconds,
                     )
                     yield served
-                    outcome.append(served)
+                    ended = served
+                finally:
+                    self._settle(member, attempt, ended)
                 return
             if not tried_any and not await self._wait_for_room(
                 table, route, request, progress, tokens
@@ -483,33 +487,31 @@ class Dispatcher:
             log.debug("attempt answered", extra={"model": model.name, "latency_s": latency})
         return _Answer(response, head, rest, latency, lease, relay, usage)
 
-    @asynccontextmanager
-    async def _settle(self, member: Member, answer: _Answer) -> AsyncIterator[list[Served]]:
-        """Record how a served attempt ended once the relay is done with it.
+    def _answered(self, member: Member, answer: _Answer) -> None:
+        """An attempt answered: the model did its part, whatever the relay meets later.
 
         The latency kept for the model is the time to the first byte of its
         answer (a whole body, or a stream's first event), not the relay's
         length: a long stream is not a slow model.
         """
         model = member.model
-        state = model.state
-        state.breaker.succeeded(model.spec.breaker)
+        model.state.breaker.succeeded(model.spec.breaker)
         stream = "true" if answer.rest is not None else "false"
         self._metrics.upstream_latency.labels(model.name, stream).observe(answer.latency)
-        outcome: list[Served] = []
-        try:
-            yield outcome
-        finally:
-            answer.response.close()
-            answer.lease.release(outcome[0].used_tokens if outcome else None)
-            served = outcome[0] if outcome else None
-            verdict = None if served is None else served.broken is None
-            if served is not None and served.broken is not None:
-                broken = served.broken
-                kind = judge(broken).kind
-                self._metrics.upstream_errors.labels(model=model.name, kind=kind).inc()
-                state.breaker.failed(model.spec.breaker, broken.message)
-            state.finished(answer.latency if verdict else None, ok=verdict)
+
+    def _settle(self, member: Member, answer: _Answer, served: Served | None) -> None:
+        """Record how a served attempt ended once the relay is done with it."""
+        model = member.model
+        state = model.state
+        answer.response.close()
+        answer.lease.release(served.used_tokens if served is not None else None)
+        verdict = None if served is None else served.broken is None
+        if served is not None and served.broken is not None:
+            broken = served.broken
+            kind = judge(broken).kind
+            self._metrics.upstream_errors.labels(model=model.name, kind=kind).inc()
+            state.breaker.failed(model.spec.breaker, broken.message)
+        state.finished(answer.latency if verdict else None, ok=verdict)
 
     async def _attempt(
         self, member: Member, request: ProxyRequest, bridge: Bridge, call: Call

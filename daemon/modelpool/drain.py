@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
@@ -35,20 +35,19 @@ class Drain:
     def in_flight(self) -> int:
         return len(self._handlers)
 
-    @contextlib.asynccontextmanager
-    async def track(self) -> AsyncIterator[None]:
-        """Count the current handler as in flight while it runs."""
+    def enter(self) -> asyncio.Task[object]:
+        """Count the current handler as in flight until ``leave``; refused while draining."""
         if self.draining:
             raise ShuttingDown("modelpool is shutting down; retry", retry_after=RETRY_AFTER)
         task = asyncio.current_task()
         assert task is not None
         self._handlers.add(task)
-        try:
-            yield
-        finally:
-            self._handlers.discard(task)
-            if not self._handlers:
-                self._idle.set()
+        return task
+
+    def leave(self, task: asyncio.Task[object]) -> None:
+        self._handlers.discard(task)
+        if not self._handlers:
+            self._idle.set()
 
     def start(self) -> None:
         self.draining = True
@@ -85,8 +84,11 @@ def drain_middleware(drain: Drain) -> Handler:
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         if not is_proxied(request):
             return await handler(request)
-        async with drain.track():
+        task = drain.enter()  # not a context manager: this runs for every request
+        try:
             return await handler(request)
+        finally:
+            drain.leave(task)
 
     return middleware  # type: ignore[return-value]
 

@@ -85,6 +85,8 @@ class BatchedLines:
         self._interval = interval
         self._lines: list[str] = []
         self._pending: asyncio.TimerHandle | None = None
+        self._second = -1
+        self._stamp = ""
 
     def emit(self, record: logging.LogRecord) -> None:
         self.add(self._formatter.format(record))
@@ -99,9 +101,17 @@ class BatchedLines:
             self.emit(record)
             return
         now = time.time()
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now))
-        head = {"ts": f"{stamp}.{int(now * 1000) % 1000:03d}Z", "level": "info"}
-        entry = head | {"logger": name, "msg": message} | fields
+        second = int(now)
+        if second != self._second:  # strftime once a second, not once a line
+            self._second = second
+            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        entry = {
+            "ts": f"{self._stamp}.{int(now * 1000) % 1000:03d}Z",
+            "level": "info",
+            "logger": name,
+            "msg": message,
+            **fields,
+        }
         self.add(orjson.dumps(entry, default=str).decode())
 
     def add(self, line: str) -> None:
