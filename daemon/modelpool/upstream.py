@@ -1,35 +1,33 @@
-"""The one aiohttp client seam: pooled keep-alive sessions with per-phase deadlines.
+"""Upstream attempts: pooled keep-alive connections with per-phase deadlines.
 
 Phases of one attempt, each with its own deadline (``Timeouts``):
 
 * waiting for a free pooled connection: bounded only by ``total`` — a busy
   pool is a queue, never a connect failure;
 * connecting (TCP + TLS): ``connect``;
-* connection ready → response headers: ``first_byte``;
+* request written → response headers: ``first_byte``;
 * between body chunks: ``idle``;
 * the whole attempt: ``total``.
 
-One asyncio deadline is rescheduled as the attempt moves through the phases
-(aiohttp's trace hooks say when a connection is queued, created or reused),
-so a request costs one timer, not one per phase. This module states facts
-(status, phase, Retry-After) and never decides what is retryable.
+The wire work is ``modelpool.http1``'s; this module turns its failures into
+the error taxonomy. It states facts (status, phase, Retry-After) and never
+decides what is retryable.
 """
 
 from __future__ import annotations
 
 import asyncio
 import email.utils
-import os
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
-from types import SimpleNamespace
 
-import aiohttp
 import orjson
 
+from modelpool import http1
 from modelpool.config.spec import Timeouts
 from modelpool.errors import (
     UpstreamConnectError,
+    UpstreamError,
     UpstreamStatusError,
     UpstreamStreamBroken,
     UpstreamTimeout,
@@ -40,49 +38,8 @@ MAX_ANSWER_BYTES = 64 * 1024 * 1024
 """The largest whole (non-streamed) answer read from an upstream."""
 
 
-class _Attempt:
-    """Deadline bookkeeping for one attempt, reachable from aiohttp's trace hooks."""
-
-    __slots__ = ("deadline", "first_byte", "phase", "total_at")
-
-    def __init__(self, first_byte: float, total_at: float) -> None:
-        self.first_byte = first_byte
-        self.total_at = total_at
-        self.phase = "first_byte"
-        self.deadline: asyncio.Timeout | None = None
-
-    def reschedule(self, when: float) -> None:
-        if self.deadline is not None and not self.deadline.expired():
-            self.deadline.reschedule(min(when, self.total_at))
-
-
-async def _queued_start(session: object, ctx: SimpleNamespace, params: object) -> None:
-    attempt: _Attempt = ctx.trace_request_ctx
-    attempt.phase = "total"
-    attempt.reschedule(attempt.total_at)
-
-
-async def _connection_ready(session: object, ctx: SimpleNamespace, params: object) -> None:
-    attempt: _Attempt = ctx.trace_request_ctx
-    attempt.phase = "first_byte"
-    attempt.reschedule(asyncio.get_running_loop().time() + attempt.first_byte)
-
-
-def _trace_config() -> aiohttp.TraceConfig:
-    trace = aiohttp.TraceConfig(trace_config_ctx_factory=SimpleNamespace)
-    trace.on_connection_queued_start.append(_queued_start)
-    trace.on_connection_queued_end.append(_connection_ready)
-    trace.on_connection_create_end.append(_connection_ready)
-    trace.on_connection_reuseconn.append(_connection_ready)
-    return trace
-
-
 class HttpTransport:
-    """A keep-alive connection pool to one upstream endpoint.
-
-    The session is created lazily on first use, inside the event loop, so the
-    routing table can be compiled anywhere (even in a worker thread).
-    """
+    """Keep-alive connection pools (one per origin, in practice one) for one endpoint."""
 
     def __init__(self, max_connections: int) -> None:
         self.max_connections = max_connections
@@ -90,31 +47,21 @@ class HttpTransport:
         """Attempts between ``post`` and the response's ``close``."""
         self.retired = False
         """No table refers to this pool any more: close it once ``active`` reaches 0."""
-        self._session: aiohttp.ClientSession | None = None
-        self._closing: asyncio.Task[None] | None = None
+        self.closed = False
+        """Closed for good: its idle connections closed, busy ones close as they end."""
+        self._pools: dict[http1.Origin, http1.Pool] = {}
 
     def done(self) -> None:
         """One attempt finished with this transport."""
         self.active -= 1
-        if self.active == 0 and self.retired and self._session is not None:
-            self._closing = asyncio.get_running_loop().create_task(self.aclose())
+        if self.active == 0 and self.retired:
+            self.close()
 
-    def _ensure_session(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            connector = aiohttp.TCPConnector(
-                limit=self.max_connections,
-                limit_per_host=0,
-                ttl_dns_cache=300,
-                keepalive_timeout=30,
-            )
-            self._session = aiohttp.ClientSession(
-                connector=connector,
-                trace_configs=[_trace_config()],
-                timeout=aiohttp.ClientTimeout(total=None),
-                auto_decompress=False,
-                skip_auto_headers=("User-Agent",),
-            )
-        return self._session
+    def _pool(self, origin: http1.Origin) -> http1.Pool:
+        pool = self._pools.get(origin)
+        if pool is None:
+            pool = self._pools[origin] = http1.Pool(origin, self.max_connections)
+        return pool
 
     async def post(
         self, url: str, headers: Mapping[str, str], body: bytes, timeouts: Timeouts, model: str
@@ -138,75 +85,73 @@ class HttpTransport:
         model: str,
     ) -> HttpResponse:
         """One attempt: return once a 2xx status arrived, else raise an UpstreamError."""
-        session = self._ensure_session()
         loop = asyncio.get_running_loop()
-        start = loop.time()
-        attempt = _Attempt(timeouts.first_byte, start + timeouts.total)
-        per_request = aiohttp.ClientTimeout(total=None, sock_connect=timeouts.connect)
+        now = loop.time()
+        total_at = now + timeouts.total
         self.active += 1
+        response: http1.Response | None = None
         try:
-            # until a trace hook says the connection is ready (first_byte starts then), only
-            # ``total`` bounds the attempt; timeout_at: these are loop times, not delays
-            async with asyncio.timeout_at(attempt.total_at) as dl:
-                attempt.deadline = dl
-                response = await session.request(
-                    method,
-                    url,
-                    data=body,
-                    headers=headers,
-                    timeout=per_request,
-                    trace_request_ctx=attempt,
-                )
-                if response.status >= 400:
-                    raise await _status_error(response, model)
-        except aiohttp.ConnectionTimeoutError:
+            where = http1.target(url)
+            head = http1.request_head(method, where, headers, None if body is None else len(body))
+            pool = self._pool(where.origin)
+            connection = pool.take_idle(now)
+            if connection is None:
+                connection = await pool.acquire(timeouts.connect, total_at)
+            response = connection.send(head, body, loop)
+            first_byte_at = loop.time() + timeouts.first_byte
+            if first_byte_at < total_at:
+                await response.head(first_byte_at, "first_byte")
+            else:
+                await response.head(total_at, "total")
+            if response.status >= 400:
+                raise await _status_error(response, total_at, timeouts.idle, model)
+        except BaseException as exc:
+            if response is not None:
+                response.release()
             self.done()
-            raise UpstreamConnectError(
-                f"{model}: connect timeout after {timeouts.connect:g}s", model=model
-            ) from None
-        except TimeoutError:
-            self.done()
-            limit = timeouts.total if attempt.phase == "total" else timeouts.first_byte
-            message = f"{model}: no response within {limit:g}s ({attempt.phase})"
-            raise UpstreamTimeout(message, phase=attempt.phase, model=model) from None
-        except aiohttp.ClientError as exc:
-            self.done()
-            raise UpstreamConnectError(f"{model}: {_describe(exc)}", model=model) from None
-        except BaseException:
-            self.done()
+            if isinstance(exc, http1.HttpError | ValueError):
+                raise _upstream_error(exc, timeouts, model) from None
             raise
-        return HttpResponse(self, response, timeouts.idle, attempt.total_at, model)
+        return HttpResponse(self, response, timeouts.idle, total_at, model)
 
-    async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-
-
-def _describe(exc: aiohttp.ClientError) -> str:
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        error = exc.os_error  # its str() names the address: keep only the reason
-        reason = os.strerror(error.errno) if error.errno else type(error).__name__
-        return f"cannot connect: {reason}"  # never the address: messages reach clients
-    if isinstance(exc, aiohttp.ServerDisconnectedError):
-        return "upstream closed the connection before responding"
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    def close(self) -> None:
+        self.closed = True
+        for pool in self._pools.values():
+            pool.close()
+        self._pools.clear()
 
 
-async def _status_error(response: aiohttp.ClientResponse, model: str) -> UpstreamStatusError:
+def _upstream_error(exc: Exception, timeouts: Timeouts, model: str) -> UpstreamError:
+    if isinstance(exc, http1.Expired):
+        limit = timeouts.total if exc.phase == "total" else timeouts.first_byte
+        message = f"{model}: no response within {limit:g}s ({exc.phase})"
+        return UpstreamTimeout(message, phase=exc.phase, model=model)
+    return UpstreamConnectError(f"{model}: {exc}", model=model)
+
+
+async def _status_error(
+    response: http1.Response, total_at: float, idle: float, model: str
+) -> UpstreamStatusError:
+    parts: list[bytes] = []
+    size = 0
+    loop = asyncio.get_running_loop()
     try:
-        body = await response.content.read(ERROR_BODY_LIMIT)
-    except (aiohttp.ClientError, TimeoutError):
-        body = b""
-    finally:
-        response.close()
+        while size < ERROR_BODY_LIMIT:
+            chunk = await response.read_chunk(min(loop.time() + idle, total_at), "idle")
+            if not chunk:
+                break
+            parts.append(chunk)
+            size += len(chunk)
+    except http1.HttpError:
+        pass  # the status says enough; the body was a bonus
+    body = b"".join(parts)[:ERROR_BODY_LIMIT]
     status = response.status
-    detail = upstream_message(body) or response.reason or ""
+    detail = upstream_message(body) or response.reason.decode("latin-1", "replace")
     return UpstreamStatusError(
         f"{model}: HTTP {status}: {detail}".rstrip(": "),
         status=status,
         body=body,
-        retry_after=parse_retry_after(response.headers.get("Retry-After")),
+        retry_after=parse_retry_after(response.header(b"retry-after")),
         model=model,
     )
 
@@ -256,7 +201,7 @@ class HttpResponse:
     def __init__(
         self,
         transport: HttpTransport,
-        response: aiohttp.ClientResponse,
+        response: http1.Response,
         idle: float,
         total_at: float,
         model: str,
@@ -267,54 +212,43 @@ class HttpResponse:
         self._total_at = total_at
         self._model = model
         self.status = response.status
-        self.content_type = response.headers.get("Content-Type", "application/json")
-
-    def _deadline(self) -> float:
-        return min(asyncio.get_running_loop().time() + self._idle, self._total_at)
+        self.content_type = response.header(b"content-type") or "application/json"
 
     async def read(self) -> bytes:
         """The whole body, under the same idle (between chunks) and total deadlines as a
         stream; a body over MAX_ANSWER_BYTES is the upstream's garbage, not kept."""
         parts, size = [], 0
-        async for chunk in self.chunks():
+        while chunk := await self._next():
             size += len(chunk)
             if size > MAX_ANSWER_BYTES:
                 message = f"{self._model}: answer larger than {MAX_ANSWER_BYTES} bytes"
                 raise UpstreamStreamBroken(message, model=self._model)
             parts.append(chunk)
-        return b"".join(parts)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        content = self._response.content
-        # asyncio.timeout raises TimeoutError only when its block exits (inside,
-        # the read sees CancelledError), so the translation wraps the block.
-        try:
-            async with asyncio.timeout(None) as deadline:
-                while True:
-                    deadline.reschedule(self._deadline())
-                    try:
-                        chunk = await content.readany()
-                    except aiohttp.ClientError as exc:
-                        message = f"{self._model}: stream broken: {_describe(exc)}"
-                        raise UpstreamStreamBroken(message, model=self._model) from None
-                    if not chunk:
-                        return
-                    deadline.reschedule(None)
-                    yield chunk
-        except TimeoutError:
-            raise self._timeout() from None
+        """Body bytes as they arrive, the idle deadline running only while waiting."""
+        while chunk := await self._next():
+            yield chunk
 
-    def _timeout(self) -> UpstreamTimeout:
-        loop_time = asyncio.get_running_loop().time()
-        phase = "total" if loop_time >= self._total_at else "idle"
-        message = f"{self._model}: upstream went silent ({phase} timeout)"
-        return UpstreamTimeout(message, phase=phase, model=self._model)
+    async def _next(self) -> bytes:
+        idle_at = asyncio.get_running_loop().time() + self._idle
+        try:
+            if idle_at < self._total_at:
+                return await self._response.read_chunk(idle_at, "idle")
+            return await self._response.read_chunk(self._total_at, "total")
+        except http1.Expired as exc:
+            message = f"{self._model}: upstream went silent ({exc.phase} timeout)"
+            raise UpstreamTimeout(message, phase=exc.phase, model=self._model) from None
+        except http1.HttpError as exc:
+            message = f"{self._model}: stream broken: {exc}"
+            raise UpstreamStreamBroken(message, model=self._model) from None
 
     def close(self) -> None:
         if self._transport is not None:
+            self._response.release()
             self._transport.done()
             self._transport = None
-        self._response.close() if not self._response.content.is_eof() else self._response.release()
 
 
 class Transports:
@@ -342,9 +276,9 @@ class Transports:
                 del self._pools[key]
                 transport.retired = True
                 if transport.active == 0:
-                    await transport.aclose()
+                    transport.close()
 
     async def aclose(self) -> None:
         for transport in self._pools.values():
-            await transport.aclose()
+            transport.close()
         self._pools.clear()

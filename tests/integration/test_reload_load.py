@@ -601,6 +601,4 @@ async def check_state_released(app: web.Application, created: list[HttpTransport
     retired = [t for t in created if t not in app[TRANSPORTS]._pools.values()]
     assert retired, "no connection pool was ever retired"
     for transport in retired:
-        if transport._closing is not None:
-            await transport._closing
-        assert (transport.retired, transport.active, transport._session) == (True, 0, None)
+        assert (transport.retired, transport.active, transport.closed) == (True, 0, True)

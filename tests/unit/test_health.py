@@ -1,7 +1,8 @@
-"""Active health checks, without sockets: classification, breaker feeding, targets, scheduling.
+"""Active health checks: classification, breaker feeding, targets, scheduling.
 
 Tables are compiled from real YAML by the real loader; the list probe's HTTP
-is answered by aioresponses; time is a FakeClock the tests move.
+is answered by a real aiohttp server on 127.0.0.1; time is a FakeClock the
+tests move.
 """
 
 from __future__ import annotations
@@ -10,14 +11,12 @@ import asyncio
 import itertools
 import random
 import textwrap
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from aioresponses import aioresponses
 from prometheus_client import generate_latest
-from test_upstream import CompatResponse, Mocked
-from yarl import URL
+from test_upstream import Answer, Upstream
 
 from modelpool.breaker import Breaker, State
 from modelpool.clock import FakeClock, SystemClock
@@ -287,18 +286,18 @@ def test_a_model_health_block_rejects_unknown_keys(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def mocked() -> Iterator[aioresponses]:
-    with Mocked() as mock:
-        yield mock
+async def upstream() -> AsyncIterator[Upstream]:
+    async with Upstream() as server:
+        yield server
 
 
-def listed_target(tmp_path: Path, extra: str = "") -> tuple[Target, Transports]:
+def listed_target(tmp_path: Path, base: str, extra: str = "") -> tuple[Target, Transports]:
     table, transports = compiled(
         tmp_path,
         f"""\
         version: 1
         providers:
-          up: {{type: openai, base_url: "{BASE}", api_key: sk-unit-1234, health: {{interval: 1s}}
+          up: {{type: openai, base_url: "{base}", api_key: sk-unit-1234, health: {{interval: 1s}}
                {extra}}}
         models:
           m: {{provider: up}}
@@ -310,14 +309,13 @@ def listed_target(tmp_path: Path, extra: str = "") -> tuple[Target, Transports]:
     return target, transports
 
 
-async def test_the_list_probe_gets_models_with_the_key(
-    tmp_path: Path, mocked: aioresponses
-) -> None:
-    target, transports = listed_target(tmp_path)
-    mocked.get(f"{BASE}/models", status=200, body=b'{"data": []}', response_class=CompatResponse)
+async def test_the_list_probe_gets_models_with_the_key(tmp_path: Path, upstream: Upstream) -> None:
+    target, transports = listed_target(tmp_path, upstream.url("/v1"))
+    upstream.answer = Answer(body=b'{"data": []}')
     await target.probe()
-    [request] = mocked.requests[("GET", URL(f"{BASE}/models"))]
-    assert request.kwargs["headers"]["Authorization"] == "Bearer sk-unit-1234"
+    [request] = upstream.seen
+    assert (request.method, request.path_qs) == ("GET", "/v1/models")
+    assert request.headers["Authorization"] == "Bearer sk-unit-1234"
     await transports.aclose()
 
 
@@ -325,20 +323,21 @@ async def test_the_list_probe_gets_models_with_the_key(
     ("status", "outcome"), [(404, "misconfigured"), (401, "unhealthy"), (502, "unhealthy")]
 )
 async def test_the_list_probe_raises_the_status(
-    tmp_path: Path, mocked: aioresponses, status: int, outcome: str
+    tmp_path: Path, upstream: Upstream, status: int, outcome: str
 ) -> None:
-    target, transports = listed_target(tmp_path)
-    mocked.get(f"{BASE}/models", status=status, body=b"{}", response_class=CompatResponse)
+    target, transports = listed_target(tmp_path, upstream.url("/v1"))
+    upstream.answer = Answer(status=status, body=b"{}")
     with pytest.raises(UpstreamStatusError) as caught:
         await target.probe()
+    assert caught.value.status == status
     assert classify(caught.value).status == outcome
     await transports.aclose()
 
 
 async def test_azure_lists_models_under_openai_with_the_api_version(
-    tmp_path: Path, mocked: aioresponses
+    tmp_path: Path, upstream: Upstream
 ) -> None:
-    base = "https://res.openai.azure.test"
+    base = upstream.url()
     table, transports = compiled(
         tmp_path,
         f"""\
@@ -353,11 +352,36 @@ async def test_azure_lists_models_under_openai_with_the_api_version(
         """,
     )
     [target] = targets(table, transports).values()
-    url = f"{base}/openai/models?api-version=2024-10-21"
-    mocked.get(url, status=200, body=b"{}", response_class=CompatResponse)
     await target.probe()
-    [request] = mocked.requests[("GET", URL(url))]
-    assert request.kwargs["headers"]["api-key"] == "k-az-1234"
+    [request] = upstream.seen
+    assert (request.method, request.path_qs) == ("GET", "/openai/models?api-version=2024-10-21")
+    assert request.headers["api-key"] == "k-az-1234"
+    assert "Authorization" not in request.headers
+    await transports.aclose()
+
+
+async def test_anthropic_lists_models_with_its_key_and_version(
+    tmp_path: Path, upstream: Upstream
+) -> None:
+    table, transports = compiled(
+        tmp_path,
+        f"""\
+        version: 1
+        providers:
+          an: {{type: anthropic, base_url: "{upstream.url("/v1")}", api_key: k-an-1234,
+               health: {{interval: 1s}}}}
+        models:
+          m: {{provider: an}}
+        pools:
+          p: {{members: [m]}}
+        """,
+    )
+    [target] = targets(table, transports).values()
+    await target.probe()
+    [request] = upstream.seen
+    assert (request.method, request.path_qs) == ("GET", "/v1/models")
+    assert request.headers["x-api-key"] == "k-an-1234"
+    assert request.headers["anthropic-version"] == "2023-06-01"
     await transports.aclose()
 
 

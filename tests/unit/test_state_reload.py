@@ -259,7 +259,7 @@ async def test_a_new_endpoint_gets_a_new_connection_pool_and_the_old_one_is_clos
     old = live.transports.get(URL_B, 16)
     await live.reload(configs(connections_b=32))
     assert old.retired
-    assert old._session is None
+    assert old.closed
     assert live.transports.get(URL_B, 32) is not old
     live.check_nothing_stale()
 

@@ -1,27 +1,28 @@
-"""The client seam: Retry-After parsing, upstream messages, and error mapping (aioresponses)."""
+"""The client seam: Retry-After parsing, upstream messages, and error mapping, against a
+real HTTP server on 127.0.0.1 (aiohttp's) and scripted raw sockets for the faults."""
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import time
-from collections.abc import AsyncIterator, Iterator
-from types import SimpleNamespace
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 
-import aiohttp
 import pytest
-from aioresponses import aioresponses
-from yarl import URL
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from multidict import CIMultiDictProxy
+from test_http1 import Peer, Scripted, Start, free_port, servers
 
 from modelpool.config.secrets import Secret
 from modelpool.config.spec import ProviderSpec, Timeouts
 from modelpool.errors import UpstreamConnectError, UpstreamStatusError
+from modelpool.providers.anthropic import AnthropicProvider
 from modelpool.providers.base import Call
 from modelpool.providers.openai import OpenAIProvider
 from modelpool.upstream import HttpTransport, parse_retry_after, upstream_message
 
-BASE = "http://upstream.test/v1"
-CHAT_URL = f"{BASE}/chat/completions"
 KEY = "sk-unit-test"
 
 # --------------------------------------------------------------------------- Retry-After
@@ -69,103 +70,126 @@ def test_upstream_message(body: bytes, message: str) -> None:
     assert upstream_message(body) == message
 
 
+# --------------------------------------------------------------------------- a real upstream
+
+
+@dataclass
+class Seen:
+    """One request as the server received it."""
+
+    method: str
+    path_qs: str
+    headers: CIMultiDictProxy[str]
+    body: bytes
+
+
+@dataclass
+class Answer:
+    status: int = 200
+    body: bytes = b"{}"
+    headers: dict[str, str] = field(default_factory=dict)
+    content_type: str = "application/json"
+    parts: list[bytes] | None = None
+    """Sent as a chunked stream, one write each, instead of ``body``."""
+
+
+class Upstream:
+    """An aiohttp server on 127.0.0.1 that records every request and gives ``answer``."""
+
+    def __init__(self) -> None:
+        self.seen: list[Seen] = []
+        self.answer = Answer()
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self.server = TestServer(app, host="127.0.0.1")
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        self.seen.append(Seen(request.method, request.path_qs, request.headers, body))
+        answer = self.answer
+        headers = {**answer.headers, "Content-Type": answer.content_type}
+        if answer.parts is None:
+            return web.Response(status=answer.status, body=answer.body, headers=headers)
+        response = web.StreamResponse(status=answer.status, headers=headers)
+        await response.prepare(request)
+        for part in answer.parts:
+            await response.write(part)
+            await asyncio.sleep(0.001)
+        await response.write_eof()
+        return response
+
+    def url(self, path: str = "") -> str:
+        return f"http://127.0.0.1:{self.server.port}{path}"
+
+    async def __aenter__(self) -> Upstream:
+        await self.server.start_server()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.server.close()
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[Upstream]:
+    async with Upstream() as server:
+        yield server
+
+
 # --------------------------------------------------------------------------- error mapping
 
 
-class CompatResponse(aiohttp.ClientResponse):
-    """aiohttp 3.14 made ``stream_writer`` required; aioresponses 0.7.9 does not pass it.
-
-    pnuckowski/aioresponses#289; drop this once a fixed release is out.
-    """
-
-    def __init__(self, method: str, url: URL, **kwargs: Any) -> None:
-        kwargs.setdefault("stream_writer", SimpleNamespace(output_size=0))
-        super().__init__(method, url, **kwargs)
-
-
-class Mocked(aioresponses):
-    """aioresponses that records calls without deep-copying the transport's trace context.
-
-    aioresponses deep-copies each call's kwargs; ``trace_request_ctx`` holds the
-    attempt's live asyncio deadline (and through it the event loop), and a copied
-    event loop blows up when garbage-collected.
-    """
-
-    def _build_request_call(self, method: str = "GET", *args: Any, **kwargs: Any) -> Any:
-        kwargs.pop("trace_request_ctx", None)
-        return super()._build_request_call(method, *args, **kwargs)
-
-
-def make_provider(type_: str = "openai") -> OpenAIProvider:
-    spec = ProviderSpec(name="up", type=type_, base_url=BASE, api_key=Secret(KEY))
+def make_provider(base: str, type_: str = "openai") -> OpenAIProvider:
+    spec = ProviderSpec(name="up", type=type_, base_url=base, api_key=Secret(KEY))
     return OpenAIProvider(spec, HttpTransport(max_connections=4))
 
 
-def chat_call(stream: bool = False) -> Call:
+def chat_call(stream: bool = False, connect: float = 1) -> Call:
     body = {"model": "up-m", "messages": [{"role": "user", "content": "hi"}], "stream": stream}
-    return Call("chat", body, stream, Timeouts(connect=1, first_byte=2, idle=2, total=5), "m")
+    timeouts = Timeouts(connect=connect, first_byte=2, idle=2, total=5)
+    return Call("chat", body, stream, timeouts, "m")
 
 
 @pytest.fixture
-async def provider() -> AsyncIterator[OpenAIProvider]:
-    provider = make_provider()
+async def provider(upstream: Upstream) -> AsyncIterator[OpenAIProvider]:
+    provider = make_provider(upstream.url("/v1"))
     yield provider
-    await provider.transport.aclose()
-
-
-@pytest.fixture
-def mocked() -> Iterator[aioresponses]:
-    with Mocked() as mock:
-        yield mock
+    provider.transport.close()
 
 
 async def test_success_sends_key_and_body_and_reads_the_answer(
-    provider: OpenAIProvider, mocked: aioresponses
+    provider: OpenAIProvider, upstream: Upstream
 ) -> None:
-    mocked.post(
-        CHAT_URL,
-        status=200,
-        body=b'{"ok": true}',
-        content_type="application/json",
-        response_class=CompatResponse,
-    )
+    upstream.answer = Answer(body=b'{"ok": true}')
     response = await provider.send(chat_call())
     assert response.status == 200
+    assert response.content_type == "application/json"
     assert await response.read() == b'{"ok": true}'
     response.close()
     assert provider.transport.active == 0
 
-    [request] = mocked.requests[("POST", URL(CHAT_URL))]
-    assert request.kwargs["headers"]["Authorization"] == f"Bearer {KEY}"
-    assert b'"model":"up-m"' in request.kwargs["data"]
+    [request] = upstream.seen
+    assert (request.method, request.path_qs) == ("POST", "/v1/chat/completions")
+    assert request.headers["Authorization"] == f"Bearer {KEY}"
+    assert request.headers["Content-Type"] == "application/json"
+    assert request.headers["Host"] == f"127.0.0.1:{upstream.server.port}"
+    assert b'"model":"up-m"' in request.body
 
 
-async def test_stream_chunks_are_yielded(provider: OpenAIProvider, mocked: aioresponses) -> None:
-    body = b"data: 1\n\ndata: 2\n\ndata: [DONE]\n\n"
-    mocked.post(
-        CHAT_URL,
-        status=200,
-        body=body,
-        content_type="text/event-stream",
-        response_class=CompatResponse,
-    )
+async def test_stream_chunks_are_yielded(provider: OpenAIProvider, upstream: Upstream) -> None:
+    parts = [b"data: 1\n\n", b"data: 2\n\n", b"data: [DONE]\n\n"]
+    upstream.answer = Answer(parts=parts, content_type="text/event-stream")
     response = await provider.send(chat_call(stream=True))
     assert response.content_type == "text/event-stream"
-    assert b"".join([chunk async for chunk in response.chunks()]) == body
+    assert b"".join([chunk async for chunk in response.chunks()]) == b"".join(parts)
     response.close()
+    assert provider.transport.active == 0
 
 
 async def test_503_with_retry_after_is_a_status_error_carrying_it(
-    provider: OpenAIProvider, mocked: aioresponses
+    provider: OpenAIProvider, upstream: Upstream
 ) -> None:
     error = b'{"error": {"message": "overloaded, try later"}}'
-    mocked.post(
-        CHAT_URL,
-        status=503,
-        body=error,
-        headers={"Retry-After": "12"},
-        response_class=CompatResponse,
-    )
+    upstream.answer = Answer(status=503, body=error, headers={"Retry-After": "12"})
     with pytest.raises(UpstreamStatusError) as caught:
         await provider.send(chat_call())
     assert caught.value.status == 503
@@ -177,14 +201,9 @@ async def test_503_with_retry_after_is_a_status_error_carrying_it(
 
 
 async def test_4xx_is_a_status_error_without_retry_after(
-    provider: OpenAIProvider, mocked: aioresponses
+    provider: OpenAIProvider, upstream: Upstream
 ) -> None:
-    mocked.post(
-        CHAT_URL,
-        status=400,
-        payload={"error": {"message": "bad 'temperature'"}},
-        response_class=CompatResponse,
-    )
+    upstream.answer = Answer(status=400, body=b'{"error": {"message": "bad \'temperature\'"}}')
     with pytest.raises(UpstreamStatusError) as caught:
         await provider.send(chat_call())
     assert caught.value.status == 400
@@ -192,49 +211,118 @@ async def test_4xx_is_a_status_error_without_retry_after(
     assert "bad 'temperature'" in caught.value.message
 
 
+# each sets up a failing upstream and returns its base URL
+Failure = Callable[[Start, pytest.MonkeyPatch], Awaitable[str]]
+
+
+async def refused(serve: Start, monkeypatch: pytest.MonkeyPatch) -> str:
+    return f"http://127.0.0.1:{free_port()}/v1"
+
+
+async def _scripted(serve: Start, script: Callable[[Peer], Awaitable[None]]) -> str:
+    server: Scripted = await serve(script)
+    return server.url("/v1")
+
+
+async def disconnected(serve: Start, monkeypatch: pytest.MonkeyPatch) -> str:
+    async def script(peer: Peer) -> None:
+        await peer.request()  # then hang up without a word
+
+    return await _scripted(serve, script)
+
+
+async def reset(serve: Start, monkeypatch: pytest.MonkeyPatch) -> str:
+    async def script(peer: Peer) -> None:
+        await peer.request()
+        peer.reset()
+
+    return await _scripted(serve, script)
+
+
+async def connect_timeout(serve: Start, monkeypatch: pytest.MonkeyPatch) -> str:
+    async def never(*args: object, **kwargs: object) -> None:
+        await asyncio.sleep(10)
+
+    monkeypatch.setattr(asyncio.get_running_loop(), "create_connection", never)
+    return "http://127.0.0.1:9/v1"
+
+
+async def malformed(serve: Start, monkeypatch: pytest.MonkeyPatch) -> str:
+    async def script(peer: Peer) -> None:
+        await peer.request()
+        await peer.send(b"220 smtp.example.com ESMTP\r\n\r\n")
+        await peer.until_closed()
+
+    return await _scripted(serve, script)
+
+
 @pytest.mark.parametrize(
-    ("exception", "words"),
+    ("failure", "words"),
     [
-        (aiohttp.ClientConnectionError("connection refused"), "connection refused"),
-        (aiohttp.ServerDisconnectedError(), "closed the connection before responding"),
-        (aiohttp.ConnectionTimeoutError(), "connect timeout after 1s"),
-        (aiohttp.ClientOSError(104, "Connection reset by peer"), "Connection reset"),
+        (refused, "cannot connect: Connection refused"),
+        (disconnected, "upstream closed the connection before responding"),
+        (reset, "upstream closed the connection before responding"),
+        (connect_timeout, "connect timeout after 0.2s"),
+        (malformed, "malformed response from the upstream"),
     ],
-    ids=lambda value: type(value).__name__ if isinstance(value, Exception) else "",
+    ids=lambda value: value.__name__ if callable(value) else "",
 )
 async def test_transport_failures_are_connect_errors(
-    exception: Exception, words: str, provider: OpenAIProvider, mocked: aioresponses
+    failure: Failure, words: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    mocked.post(CHAT_URL, exception=exception)
-    with pytest.raises(UpstreamConnectError) as caught:
-        await provider.send(chat_call())
+    async with servers() as serve:
+        base = await failure(serve, monkeypatch)
+        provider = make_provider(base)
+        with pytest.raises(UpstreamConnectError) as caught:
+            await provider.send(chat_call(connect=0.2))
+        provider.transport.close()
     assert words in caught.value.message
     assert caught.value.message.startswith("m: ")
+    assert "127.0.0.1" not in caught.value.message  # messages reach clients: no address
     assert provider.transport.active == 0
 
 
-async def test_azure_posts_to_the_deployment_with_api_version_and_api_key() -> None:
+async def test_azure_posts_to_the_deployment_with_api_version_and_api_key(
+    upstream: Upstream,
+) -> None:
     spec = ProviderSpec(
         name="az",
         type="azure_openai",
-        base_url="https://example.openai.azure.com",
+        base_url=upstream.url(),
         api_key=Secret(KEY),
         api_version="2024-06-01",
     )
     provider = OpenAIProvider(spec, HttpTransport(max_connections=1))
-    url = "https://example.openai.azure.com/openai/deployments/up-m/chat/completions"
     try:
-        with Mocked() as mocked:
-            mocked.post(
-                f"{url}?api-version=2024-06-01",
-                status=200,
-                body=b"{}",
-                response_class=CompatResponse,
-            )
-            response = await provider.send(chat_call())
-            response.close()
-            [request] = mocked.requests[("POST", URL(f"{url}?api-version=2024-06-01"))]
-        assert request.kwargs["headers"]["api-key"] == KEY
-        assert "Authorization" not in request.kwargs["headers"]
+        response = await provider.send(chat_call())
+        response.close()
     finally:
-        await provider.transport.aclose()
+        provider.transport.close()
+    [request] = upstream.seen
+    assert request.method == "POST"
+    assert request.path_qs == "/openai/deployments/up-m/chat/completions?api-version=2024-06-01"
+    assert request.headers["api-key"] == KEY
+    assert "Authorization" not in request.headers
+
+
+async def test_anthropic_posts_messages_with_its_headers(upstream: Upstream) -> None:
+    spec = ProviderSpec(
+        name="an", type="anthropic", base_url=upstream.url("/v1"), api_key=Secret(KEY)
+    )
+    provider = AnthropicProvider(spec, HttpTransport(max_connections=1))
+    body = {"model": "claude-x", "max_tokens": 1, "messages": [{"role": "user", "content": "hi"}]}
+    timeouts = Timeouts(connect=1, first_byte=2, idle=2, total=5)
+    call = Call("messages", body, False, timeouts, "m", {"anthropic-beta": "tools-1"})
+    try:
+        response = await provider.send(call)
+        assert await response.read() == b"{}"
+        response.close()
+    finally:
+        provider.transport.close()
+    [request] = upstream.seen
+    assert (request.method, request.path_qs) == ("POST", "/v1/messages")
+    assert request.headers["x-api-key"] == KEY
+    assert request.headers["anthropic-version"] == "2023-06-01"
+    assert request.headers["anthropic-beta"] == "tools-1"
+    assert "Authorization" not in request.headers
+    assert b'"model":"claude-x"' in request.body
