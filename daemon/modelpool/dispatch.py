@@ -25,6 +25,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequen
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 
+from prometheus_client import Histogram
+
 from modelpool.answers import json_answer, stream_head
 from modelpool.balance import NO_HINT
 from modelpool.bridge import Bridge, bridge_for
@@ -173,6 +175,8 @@ class Dispatcher:
         self._metrics = metrics or Metrics()
         self._sleep = sleep
         self._accountant = accountant or Accountant(None, self._metrics)
+        self._latency: dict[tuple[str, bool], Histogram] = {}
+        """upstream_latency children by (model, stream), bound once (names come from config)."""
 
     def resolve(self, table: RoutingTable, name: str) -> Pool:
         route = table.routes.get(name)
@@ -247,10 +251,15 @@ class Dispatcher:
         try:
             await self._enter(table, route, request, guess.total, lease)
             await self._accountant.admit(bill, table, route, request, guess)
-            async with self._walk(table, route, request, guess) as served:
-                bill.served_by(served.member.model.name, served.member.model.spec.price)
-                bill.attempts = served.attempts
+            served, answer = await self._walk(table, route, request, guess)
+            bill.served_by(served.member.model.name, served.member.model.spec.price)
+            bill.attempts = served.attempts
+            ended: Served | None = None  # stays None if the relay is interrupted
+            try:
                 yield served
+                ended = served
+            finally:
+                self._settle(served.member, answer, ended)
             outcome = "cancelled" if served.cut else "ok" if served.broken is None else "error"
         except asyncio.CancelledError:
             outcome = "cancelled"
@@ -321,11 +330,12 @@ class Dispatcher:
                 raise NoCapacity(message, retry_after=wait)
             await self._sleep(min(wait, remaining, POLL))
 
-    @asynccontextmanager
     async def _walk(
         self, table: RoutingTable, route: Pool, request: ProxyRequest, guess: Estimate
-    ) -> AsyncIterator[Served]:
-        """Rounds over the members until one answers; see the module docstring."""
+    ) -> tuple[Served, _Answer]:
+        """Rounds over the members until one answers; see the module docstring.
+
+        The answer is the caller's to settle (``_settle``) once its relay is done."""
         tokens = guess.total
         route.state.budget.deposit(route.retry)
         progress = _Progress()
@@ -350,25 +360,19 @@ class Dispatcher:
                 if attempt is None:
                     continue
                 self._answered(member, attempt)
-                ended: Served | None = None  # stays None if the relay is interrupted
-                try:
-                    served = Served(
-                        pool_name,
-                        member,
-                        progress.attempts,
-                        progress.failovers,
-                        attempt.response.content_type,
-                        attempt.head,
-                        attempt.rest,
-                        attempt.relay,
-                        attempt.usage,
-                        upstream_seconds=progress.upstream_seconds,
-                    )
-                    yield served
-                    ended = served
-                finally:
-                    self._settle(member, attempt, ended)
-                return
+                served = Served(
+                    pool_name,
+                    member,
+                    progress.attempts,
+                    progress.failovers,
+                    attempt.response.content_type,
+                    attempt.head,
+                    attempt.rest,
+                    attempt.relay,
+                    attempt.usage,
+                    upstream_seconds=progress.upstream_seconds,
+                )
+                return served, attempt
             if not tried_any and not await self._wait_for_room(
                 table, route, request, progress, tokens
             ):
@@ -496,8 +500,12 @@ class Dispatcher:
         """
         model = member.model
         model.state.breaker.succeeded(model.spec.breaker)
-        stream = "true" if answer.rest is not None else "false"
-        self._metrics.upstream_latency.labels(model.name, stream).observe(answer.latency)
+        key = (model.name, answer.rest is not None)
+        series = self._latency.get(key)
+        if series is None:
+            stream = "true" if key[1] else "false"
+            series = self._latency[key] = self._metrics.upstream_latency.labels(model.name, stream)
+        series.observe(answer.latency)
 
     def _settle(self, member: Member, answer: _Answer, served: Served | None) -> None:
         """Record how a served attempt ended once the relay is done with it."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from functools import cached_property
 from typing import Any, Literal
 
 from modelpool.config.spec import ClientSpec
@@ -36,20 +35,21 @@ class ProxyRequest:
     """Client headers forwarded to upstreams that understand them (anthropic-beta)."""
     trace: dict[str, Any] = field(default_factory=dict, compare=False)
     """What the dispatcher leaves for the access log (the request's bill)."""
+    capabilities: frozenset[str] = field(init=False, compare=False)
+    """What a model must declare to serve this request (every routing decision reads it)."""
+
+    def __post_init__(self) -> None:
+        needs = required_capabilities(self.endpoint, self.body, self.stream)
+        object.__setattr__(self, "capabilities", needs)  # frozen: set once, here
 
     @property
     def api(self) -> Api:
         """The API the client speaks, and so the format of every answer and error."""
         return "anthropic" if self.endpoint == "messages" else "openai"
 
-    @cached_property
-    def capabilities(self) -> frozenset[str]:
-        """What a model must declare to serve this request."""
-        return required_capabilities(self.endpoint, self.body, self.stream)
-
-    @cached_property
+    @property
     def prompt_tokens(self) -> int:
-        """The estimated size of the prompt, in tokens."""
+        """The estimated size of the prompt, in tokens (read once, by a translated stream)."""
         return estimate(self.endpoint, self.body).input_tokens
 
     @property

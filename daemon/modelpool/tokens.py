@@ -35,12 +35,12 @@ _IMAGES = frozenset({"image_url", "image", "input_image"})
 def _text_size(value: Any) -> int:
     if isinstance(value, str):
         return len(value)
-    if isinstance(value, Mapping):
+    if isinstance(value, list):
+        return sum(map(_text_size, value))
+    if isinstance(value, dict | Mapping):  # dict first: parsed JSON skips the ABC check
         if value.get("type") in _IMAGES:  # base64 data is not prompt text
             return IMAGE_TOKENS * BYTES_PER_TOKEN
-        return sum(_text_size(v) for v in value.values())
-    if isinstance(value, list):
-        return sum(_text_size(v) for v in value)
+        return sum(map(_text_size, value.values()))
     return 0
 
 
