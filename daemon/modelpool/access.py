@@ -94,7 +94,7 @@ def _log(request: web.Request, status: int, seconds: float) -> None:
     bill = trace.get("bill") if trace is not None else None
     if isinstance(bill, Bill):
         fields |= _bill_fields(bill)
-    batched_record("modelpool.access", "access", fields)
+    batched_record(log, "access", fields)
 
 
 def _bill_fields(bill: Bill) -> dict[str, Any]:

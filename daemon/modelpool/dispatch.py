@@ -22,7 +22,6 @@ import asyncio
 import logging
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
-from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 
 from prometheus_client import Histogram
@@ -160,6 +159,77 @@ class _Progress:
         self.last_model = model
 
 
+class Serving:
+    """One request through the dispatcher, as an async context manager.
+
+    Entering takes the client's and the pool's limits once, for the whole
+    request (waiting in the pool's line if need be), reserves its budget and
+    walks the members until one answers; each attempt takes its model's limits.
+    Leaving — after the answer was relayed, or on whatever interrupted it —
+    gives everything back exactly once, with the tokens the answer really
+    used, and closes the request's bill. (A class, not a generator: this runs
+    for every request, and an async generator costs several microseconds.)
+    """
+
+    __slots__ = ("_answer", "_bill", "_dispatcher", "_guess", "_lease", "_request", "_route",
+                 "_served", "_table")  # fmt: skip
+
+    def __init__(self, dispatcher: Dispatcher, table: RoutingTable, request: ProxyRequest) -> None:
+        self._dispatcher = dispatcher
+        self._table = table
+        self._request = request
+        self._served: Served | None = None
+
+    async def __aenter__(self) -> Served:
+        dispatcher, table, request = self._dispatcher, self._table, self._request
+        route = self._route = dispatcher._route(table, request)
+        guess = self._guess = estimate(
+            request.endpoint, request.body, route.limits.default_max_tokens
+        )
+        self._lease = Lease()
+        bill = self._bill = request.trace["bill"] = dispatcher._accountant.open(request, route)
+        try:
+            await dispatcher._enter(table, route, request, guess.total, self._lease)
+            await dispatcher._accountant.admit(bill, table, route, request, guess)
+            served, self._answer = await dispatcher._walk(table, route, request, guess)
+        except BaseException as exc:
+            self._close(self._outcome_of(exc))
+            raise
+        self._served = served
+        bill.served_by(served.member.model.name, served.member.model.spec.price)
+        bill.attempts = served.attempts
+        return served
+
+    async def __aexit__(self, kind: object, exc: BaseException | None, tb: object) -> None:
+        served = self._served
+        assert served is not None
+        # the relay ended (or was interrupted, then the answer is not the model's to judge)
+        self._dispatcher._settle(served.member, self._answer, served if exc is None else None)
+        if exc is not None:
+            outcome = self._outcome_of(exc)
+        else:
+            outcome = "cancelled" if served.cut else "ok" if served.broken is None else "error"
+        self._close(outcome)
+
+    def _outcome_of(self, exc: BaseException) -> str:
+        if isinstance(exc, asyncio.CancelledError):
+            return "cancelled"
+        if isinstance(exc, RequestError | NoCapacity | BudgetExceeded):
+            return "rejected"
+        if isinstance(exc, AllAttemptsFailed):
+            self._bill.attempts = len(exc.attempts)
+        elif isinstance(exc, AllDown):
+            self._bill.attempts = exc.attempts
+        return "error"
+
+    def _close(self, outcome: str) -> None:
+        served = self._served
+        usage = None if served is None else served.billed(self._guess.input_tokens, outcome != "ok")
+        self._lease.release(None if usage is None else usage.total_tokens)
+        self._route.state.queue.notify()
+        self._dispatcher._accountant.close(self._bill, outcome, usage)
+
+
 class Dispatcher:
     def __init__(
         self,
@@ -233,51 +303,10 @@ class Dispatcher:
             )
             raise ContextTooLong(message, param="messages")
 
-    @asynccontextmanager
-    async def serve(self, table: RoutingTable, request: ProxyRequest) -> AsyncIterator[Served]:
-        """Yield the first successful attempt; raise the reason when none succeeds.
-
-        The client's and the pool's limits are taken once, for the whole
-        request (waiting in the pool's line if need be); each attempt takes
-        its model's limits. Everything taken is given back exactly once, with
-        the tokens the answer really used.
-        """
-        route = self._route(table, request)
-        guess = estimate(request.endpoint, request.body, route.limits.default_max_tokens)
-        lease = Lease()
-        bill = request.trace["bill"] = self._accountant.open(request, route)
-        served: Served | None = None
-        outcome = "error"
-        try:
-            await self._enter(table, route, request, guess.total, lease)
-            await self._accountant.admit(bill, table, route, request, guess)
-            served, answer = await self._walk(table, route, request, guess)
-            bill.served_by(served.member.model.name, served.member.model.spec.price)
-            bill.attempts = served.attempts
-            ended: Served | None = None  # stays None if the relay is interrupted
-            try:
-                yield served
-                ended = served
-            finally:
-                self._settle(served.member, answer, ended)
-            outcome = "cancelled" if served.cut else "ok" if served.broken is None else "error"
-        except asyncio.CancelledError:
-            outcome = "cancelled"
-            raise
-        except (RequestError, NoCapacity, BudgetExceeded):
-            outcome = "rejected"
-            raise
-        except AllAttemptsFailed as exc:
-            bill.attempts = len(exc.attempts)
-            raise
-        except AllDown as exc:
-            bill.attempts = exc.attempts
-            raise
-        finally:
-            usage = None if served is None else served.billed(guess.input_tokens, outcome != "ok")
-            lease.release(None if usage is None else usage.total_tokens)
-            route.state.queue.notify()
-            self._accountant.close(bill, outcome, usage)
+    def serve(self, table: RoutingTable, request: ProxyRequest) -> Serving:
+        """``async with dispatcher.serve(table, request) as served``: the first successful
+        attempt, or the reason none succeeded, raised. See ``Serving``."""
+        return Serving(self, table, request)
 
     def _route(self, table: RoutingTable, request: ProxyRequest) -> Pool:
         try:

@@ -141,16 +141,15 @@ def flush_logs() -> None:
         BATCHED.flush()
 
 
-def batched_record(name: str, message: str, fields: dict[str, Any]) -> None:
+def batched_record(logger: logging.Logger, message: str, fields: dict[str, Any]) -> None:
     """Log one INFO line through the batched writer when the daemon set one up, else
     through ``logging`` (where tests can capture it)."""
-    logger = logging.getLogger(name)
     if not logger.isEnabledFor(logging.INFO):
         return
     if BATCHED is None:
         logger.info(message, extra=fields)
         return
-    BATCHED.emit_fields(name, message, fields)
+    BATCHED.emit_fields(logger.name, message, fields)
 
 
 def setup_logging(fmt: str = "json", level: str = "info") -> None:

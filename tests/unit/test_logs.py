@@ -73,8 +73,9 @@ def test_exceptions_are_one_json_object(captured: Captured) -> None:
 
 async def test_access_lines_are_written_in_batches(captured: Captured) -> None:
     setup_logging("json", "info")
+    access = logging.getLogger("modelpool.access")
     for i in range(3):
-        batched_record("modelpool.access", "access", {"n": i, "request_id": f"r{i}"})
+        batched_record(access, "access", {"n": i, "request_id": f"r{i}"})
     assert captured.getvalue() == ""  # held for up to 0.1 s: one write, not three
     await asyncio.sleep(0.15)
     lines = [orjson.loads(line) for line in captured.getvalue().splitlines()]
