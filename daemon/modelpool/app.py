@@ -8,7 +8,6 @@ each resource with a lifetime has one cleanup context owning it.
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import signal
 from collections.abc import AsyncIterator, Coroutine
@@ -264,7 +263,6 @@ async def serve(config: Config, host: str, port: int) -> int:
             "listening", extra={"url": f"http://{shown}:{bound_port}", "config": config.source}
         )
     signals = _Signals(app, notifier)
-    gc.freeze()  # start-up objects live as long as the process: the collector skips them
     notifier.ready(_status(app))
     watchdog_stop = asyncio.Event()  # its own: the watchdog keeps pinging through the drain
     watchdog = asyncio.create_task(notifier.run_watchdog(watchdog_stop, lambda: _status(app)))

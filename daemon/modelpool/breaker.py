@@ -18,7 +18,6 @@ changes thresholds applies at once while the learned state carries over.
 from __future__ import annotations
 
 import enum
-from collections import deque
 
 from modelpool.clock import Clock
 from modelpool.config.spec import BreakerPolicy
@@ -47,6 +46,7 @@ class Breaker:
 
     def __init__(self, clock: Clock) -> None:
         self._clock = clock
+        self._outcomes = OutcomeWindow()
         self.state = State.CLOSED
         self.consecutive_failures = 0
         self.trips = 0
@@ -58,7 +58,6 @@ class Breaker:
         """Open only because the upstream asked for a pause (Retry-After), not from failures."""
         self.trial_in_flight = False
         self.transitions = 0
-        self._outcomes: deque[tuple[float, bool]] = deque()
 
     # ------------------------------------------------------------------ asking
 
@@ -139,19 +138,14 @@ class Breaker:
     def _tripped(self, policy: BreakerPolicy) -> bool:
         if self.consecutive_failures >= policy.failure_threshold:
             return True
-        outcomes = self._outcomes
-        if len(outcomes) < policy.rate_min_requests:
+        outcomes = self._outcomes  # current: _record ran just before
+        total = outcomes.succeeded + outcomes.failed
+        if total < policy.rate_min_requests:
             return False
-        failures = sum(1 for _, ok in outcomes if not ok)
-        return failures / len(outcomes) >= policy.rate_threshold
+        return outcomes.failed / total >= policy.rate_threshold
 
     def _record(self, policy: BreakerPolicy, *, ok: bool) -> None:
-        now = self._clock.now()
-        outcomes = self._outcomes
-        outcomes.append((now, ok))
-        horizon = now - policy.rate_window
-        while outcomes and outcomes[0][0] < horizon:
-            outcomes.popleft()
+        self._outcomes.add(self._clock.now(), policy.rate_window, ok=ok)
 
     @staticmethod
     def _cooldown(policy: BreakerPolicy, trip: int) -> float:
@@ -171,3 +165,51 @@ class Breaker:
     def _move(self, state: State) -> None:
         self.state = state
         self.transitions += 1
+
+
+class OutcomeWindow:
+    """Successes and failures over the last ``window`` seconds, counted in ``SLOTS``
+    time buckets: memory and the cost of an update stay the same at 1 or 10,000
+    requests a second. An outcome leaves the window between ``window - window/SLOTS``
+    and ``window`` seconds after it happened."""
+
+    SLOTS = 20
+    __slots__ = ("_failed", "_last", "_succeeded", "_width", "failed", "succeeded")
+
+    def __init__(self) -> None:
+        self._width = 0.0
+        self._last = 0
+        self._succeeded = [0] * self.SLOTS
+        self._failed = [0] * self.SLOTS
+        self.succeeded = 0
+        self.failed = 0
+
+    def add(self, now: float, window: float, *, ok: bool) -> None:
+        width = window / self.SLOTS
+        if width != self._width:  # first use, or a reload changed the window
+            self.clear()
+            self._width = width
+            self._last = int(now // width)
+        index = int(now // width)
+        self._expire(index)
+        slot = index % self.SLOTS
+        if ok:
+            self._succeeded[slot] += 1
+            self.succeeded += 1
+        else:
+            self._failed[slot] += 1
+            self.failed += 1
+
+    def _expire(self, index: int) -> None:
+        """Empty the buckets the window moved past since the last outcome."""
+        for passed in range(self._last + 1, min(index, self._last + self.SLOTS) + 1):
+            slot = passed % self.SLOTS
+            self.succeeded -= self._succeeded[slot]
+            self.failed -= self._failed[slot]
+            self._succeeded[slot] = self._failed[slot] = 0
+        self._last = max(self._last, index)
+
+    def clear(self) -> None:
+        self._succeeded = [0] * self.SLOTS
+        self._failed = [0] * self.SLOTS
+        self.succeeded = self.failed = 0

@@ -6,7 +6,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from modelpool.breaker import Breaker, State
+from modelpool.breaker import Breaker, OutcomeWindow, State
 from modelpool.clock import FakeClock
 from modelpool.config.spec import BreakerPolicy
 
@@ -113,6 +113,35 @@ def test_old_outcomes_leave_the_window() -> None:
         b.failed(POLICY, "503")
         b.succeeded(POLICY)
     assert b.state is State.CLOSED
+
+
+def test_the_window_counts_every_outcome_in_constant_memory() -> None:
+    """100,000 outcomes in 10 s (10,000 rps) are all counted, in the same 20 buckets."""
+    window = OutcomeWindow()
+    for i in range(100_000):
+        window.add(i / 10_000, 30.0, ok=i % 4 != 0)
+    assert (window.succeeded, window.failed) == (75_000, 25_000)
+    assert len(window._succeeded) == len(window._failed) == OutcomeWindow.SLOTS
+
+
+def test_outcomes_leave_the_window_bucket_by_bucket() -> None:
+    window = OutcomeWindow()  # 30 s in 20 buckets of 1.5 s
+    window.add(0.0, 30.0, ok=False)
+    window.add(15.0, 30.0, ok=False)
+    window.add(28.0, 30.0, ok=True)  # the first failure is still inside
+    assert (window.succeeded, window.failed) == (1, 2)
+    window.add(30.0, 30.0, ok=True)  # 30 s after the first: gone; the second stays
+    assert (window.succeeded, window.failed) == (2, 1)
+    window.add(500.0, 30.0, ok=True)  # a long silence empties every bucket
+    assert (window.succeeded, window.failed) == (1, 0)
+
+
+def test_a_reload_that_changes_the_window_starts_counting_afresh() -> None:
+    window = OutcomeWindow()
+    for _ in range(5):
+        window.add(1.0, 30.0, ok=False)
+    window.add(2.0, 60.0, ok=True)
+    assert (window.succeeded, window.failed) == (1, 0)
 
 
 def test_abandoned_trial_frees_the_slot() -> None:
