@@ -8,6 +8,7 @@ each resource with a lifetime has one cleanup context owning it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import signal
 from collections.abc import AsyncIterator, Coroutine
@@ -22,6 +23,8 @@ from modelpool.api import ProxyApi
 from modelpool.api_errors import error_middleware
 from modelpool.clock import Clock, SystemClock
 from modelpool.compile import compile_table
+from modelpool.config.gate import GateFactory, child_gate, inline_gate
+from modelpool.config.load import load_config
 from modelpool.config.spec import Config
 from modelpool.dashboard import DashboardApi
 from modelpool.dispatch import Dispatcher
@@ -63,12 +66,18 @@ after this long; aiohttp's own timer covers both."""
 
 
 def build_app(
-    config: Config, *, clock: Clock | None = None, watch: bool = False, health: bool = False
+    config: Config,
+    *,
+    clock: Clock | None = None,
+    watch: bool = False,
+    health: bool = False,
+    gate: GateFactory = inline_gate,
 ) -> web.Application:
     """A ready-to-run application serving ``config`` as generation 1.
 
     ``watch`` starts the config file watcher and ``health`` the active health
-    checks (the daemon does both; most tests don't).
+    checks, and reloads validate with ``gate`` (the daemon watches, checks, and
+    validates in a child; most tests don't).
     """
     clock = clock or SystemClock()
     shared = _shared(config, clock)
@@ -86,7 +95,8 @@ def build_app(
     metrics.watch_breakers(
         lambda: ((name, model.state.breaker) for name, model in holder.current.models.items())
     )
-    reloader = Reloader(config.source, holder, registry, transports, metrics)
+    loader = functools.partial(load_config, gate=gate)
+    reloader = Reloader(config.source, holder, registry, transports, metrics, loader=loader)
     checker = HealthChecker(lambda: holder.current, transports, clock)
     metrics.watch_health(checker.statuses)
 
@@ -240,7 +250,7 @@ async def serve(config: Config, host: str, port: int) -> int:
     and pings the watchdog with a status line until it exits.
     """
     notifier = Notifier.from_environ()
-    app = build_app(config, watch=True, health=True)
+    app = build_app(config, watch=True, health=True, gate=child_gate)
     runner = web.AppRunner(
         app,
         handler_cancellation=True,

@@ -10,8 +10,8 @@ import secrets
 import sys
 from collections.abc import Sequence
 
+from modelpool.config.gate import child_gate, schema_text
 from modelpool.config.load import load_config
-from modelpool.config.schema import schema_text
 from modelpool.config.semantic import is_loopback
 from modelpool.config.spec import parse_listen
 from modelpool.errors import ConfigError
@@ -147,7 +147,7 @@ def _run(path: str, listen: str | None, log_format: str | None) -> int:
     from modelpool.usage.store import StoreError
 
     try:
-        config = load_config(path)
+        config = load_config(path, gate=child_gate)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 1

@@ -184,6 +184,28 @@ def test_the_watcher_applies_an_edit_without_sighup(
     assert line["trigger"] == "watch"
 
 
+def test_the_daemon_validates_in_a_child_and_never_maps_the_schema_library(
+    config: Path, daemon_factory: DaemonFactory
+) -> None:
+    """jsonschema-rs (~15 MB the daemon would keep for life) runs in a child per load."""
+    daemon = daemon_factory(config)
+    rename_over(config, config_text("b"))
+    wait_until(lambda: served_by(daemon, "p") == "b", "the edit served", daemon)
+    rename_over(config, config_text("b", "  bad: {members: [a], strategy: fastest}\n"))
+    wait_until(
+        lambda: status(daemon)["last_reload"]["result"] == "rejected", "the rejection", daemon
+    )
+
+    pid = daemon.process.pid
+    assert "jsonschema_rs" not in Path(f"/proc/{pid}/maps").read_text()
+    children = [
+        child
+        for task in Path(f"/proc/{pid}/task").iterdir()
+        for child in (task / "children").read_text().split()
+    ]
+    assert children == [], "each load's child is gone once the load ends"
+
+
 def test_a_rejected_reload_logs_the_error_and_sighup_retries_it(
     config: Path, daemon_factory: DaemonFactory
 ) -> None:

@@ -16,7 +16,8 @@ import pytest
 import yaml
 from jsonschema import Draft202012Validator
 
-from modelpool.config.schema import _validator, schema_text, validate_schema
+from modelpool.config.gate import InlineGate, schema_text
+from modelpool.config.schema import _validator, validate_schema
 from modelpool.config.source import Document, parse_yaml
 
 TRICKY_YAML = """\
@@ -122,13 +123,13 @@ def test_revalidating_only_substituted_entries_gives_the_full_verdict() -> None:
         ("pools", "pool", "members", 0),
         ("pools", "pool", "members", 1, "weight"),
     ]
-    full = [str(issue) for issue in validate_schema(doc)]
+    full = [str(issue) for issue in validate_schema(doc, InlineGate())]
     assert len(full) == 5
-    assert [str(issue) for issue in validate_schema(doc, within=substituted)] == full
-    assert validate_schema(doc, within=[]) == []
-    assert validate_schema(doc, within=[("pools", "other", "members", 0)]) == []
+    assert [str(issue) for issue in validate_schema(doc, InlineGate(), within=substituted)] == full
+    assert validate_schema(doc, InlineGate(), within=[]) == []
+    assert validate_schema(doc, InlineGate(), within=[("pools", "other", "members", 0)]) == []
 
 
 def test_a_path_outside_the_schema_means_validating_everything() -> None:
     doc = Document("f.yaml", {**base(), "pools": {}})
-    assert [i.path for i in validate_schema(doc, within=[("nonsense",)])] == ["pools"]
+    assert [i.path for i in validate_schema(doc, InlineGate(), within=[("nonsense",)])] == ["pools"]

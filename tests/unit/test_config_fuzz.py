@@ -26,8 +26,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from modelpool.config.gate import schema_text
 from modelpool.config.load import load_config
-from modelpool.config.schema import schema_text
 from modelpool.config.spec import Config
 from modelpool.errors import ConfigError
 

@@ -15,6 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from modelpool.config.gate import Gate, GateFactory, inline_gate
 from modelpool.config.interpolate import Interpolation, interpolate
 from modelpool.config.schema import validate_schema
 from modelpool.config.secrets import Secret, SopsError, decrypt_sops_file
@@ -50,15 +51,29 @@ DEFAULT_STRATEGY = "round_robin"
 DEFAULT_CAPABILITIES = ("chat", "completions", "stream")
 
 
-def load_config(path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None) -> Config:
-    """Load and fully validate ``path``; raise ConfigError listing every problem."""
+def load_config(
+    path: str | os.PathLike[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    gate: GateFactory = inline_gate,
+) -> Config:
+    """Load and fully validate ``path``; raise ConfigError listing every problem.
+
+    ``gate`` is where the compiled schema runs: in this process by default,
+    in a child for the daemon (see :mod:`modelpool.config.gate`).
+    """
+    with gate() as schema_gate:
+        return _load(path, env, schema_gate)
+
+
+def _load(path: str | os.PathLike[str], env: Mapping[str, str] | None, gate: Gate) -> Config:
     file = str(path)
     raw, text = _read(Path(path), file)
     with _cyclic_gc_paused():
         doc = parse_yaml(text, file)
         if not isinstance(doc.data, dict):
             raise ConfigError([ConfigIssue(file, 1, "", "the config must be a YAML mapping")])
-        issues = validate_schema(doc, defer_references=True)
+        issues = validate_schema(doc, gate, defer_references=True)
     if issues:
         raise ConfigError(issues)
     base = (
@@ -68,7 +83,7 @@ def load_config(path: str | os.PathLike[str], *, env: Mapping[str, str] | None =
     environment = os.environ if env is None else env
     result = interpolate(doc, environment, secrets, secrets_complete=not sops_issues)
     # The substituted values, judged now (the rest passed above and did not change).
-    late = validate_schema(replace(doc, data=result.data), within=result.referencing)
+    late = validate_schema(replace(doc, data=result.data), gate, within=result.referencing)
     issues = sops_issues + result.issues
     issues += _reportable(late, result, secrets, {i.path for i in issues})
     if not late:  # semantic checks rely on a schema-valid document

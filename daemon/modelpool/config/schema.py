@@ -12,33 +12,15 @@ import json
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import date
 from functools import cache
-from importlib import resources
 from typing import TYPE_CHECKING, Any
-
-import jsonschema_rs
 
 if TYPE_CHECKING:  # imported when an error needs explaining: ~5 MB a valid config never pays
     from jsonschema import Draft202012Validator
     from jsonschema.exceptions import ValidationError
 
+from modelpool.config.gate import Gate, schema_text
 from modelpool.config.source import Document, Path
 from modelpool.errors import ConfigIssue
-
-
-def schema_text() -> str:
-    """The schema as shipped (also `schemas/pools.schema.json` in the repository)."""
-    return resources.files("modelpool.config").joinpath("pools.schema.json").read_text("utf-8")
-
-
-@cache
-def _gate() -> Any:
-    """A compiled validator that only answers valid/invalid, ~100x faster.
-
-    A valid config (the common case, and every reload of a large file) is
-    settled by it alone; only an invalid one pays for jsonschema, which
-    explains each error.
-    """
-    return jsonschema_rs.validator_for(json.loads(schema_text()))
 
 
 @cache
@@ -79,9 +61,16 @@ def _inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def validate_schema(
-    doc: Document, *, defer_references: bool = False, within: Iterable[Path] | None = None
+    doc: Document,
+    gate: Gate,
+    *,
+    defer_references: bool = False,
+    within: Iterable[Path] | None = None,
 ) -> list[ConfigIssue]:
     """Every schema violation in ``doc``, in file order.
+
+    ``gate`` settles a valid document alone; only one it does not pass is
+    explained by jsonschema.
 
     With ``defer_references``, a string holding ``${env:…}`` or ``${secret:…}`` is
     not judged yet (except under ``secrets:``, which is read before substitution):
@@ -93,7 +82,11 @@ def validate_schema(
     substituted values without validating a large config twice; the schema has
     no rule spanning two entries, so the verdict is the same.
     """
-    if _passes_gate(doc.data):  # the whole passes, so does every part of it
+    if within is not None:
+        within = list(within)
+        if not within:  # nothing was substituted: nothing to judge again
+            return []
+    if gate.passes(doc.data):  # the whole passes, so does every part of it
         return []
     issues: list[ConfigIssue] = []
     for prefix, error in _errors(doc.data, within):
@@ -103,15 +96,6 @@ def validate_schema(
             issues.append(doc.issue(path, message))
     issues.sort(key=lambda i: (i.line or 0, i.path))
     return issues
-
-
-def _passes_gate(data: Any) -> bool:
-    try:
-        return bool(_gate().is_valid(data))
-    except ValueError:
-        # A value JSON has no type for (a YAML date such as an unquoted
-        # `api_version: 2023-06-01`, `!!binary`): jsonschema says where it is.
-        return False
 
 
 def _errors(data: Any, within: Iterable[Path] | None) -> Iterator[tuple[Path, ValidationError]]:
