@@ -83,7 +83,7 @@ class OpenAISame:
 def _carries_extensions(body: Mapping[str, Any]) -> bool:
     messages = body.get("messages")
     return isinstance(messages, list) and any(
-        isinstance(m, Mapping) and (THINKING_KEY in m or REASONING_KEY in m) for m in messages
+        isinstance(m, dict) and (THINKING_KEY in m or REASONING_KEY in m) for m in messages
     )
 
 

@@ -452,6 +452,8 @@ class Dispatcher:
         if not breaker.allow():
             return None
         lease = Lease()
+        if not gates:
+            return lease
         try:
             await take_all(gates, tokens, lease)
         except GateRefused:  # a shared limit, reached by another sidecar

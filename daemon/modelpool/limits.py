@@ -159,7 +159,7 @@ def local_gate(kind: str, value: int, clock: Clock) -> Gate:
 class LimitState:
     """The gates of one level (a model, a pool or a client), kept across reloads."""
 
-    __slots__ = ("_clock", "_factory", "_gates", "_scope")
+    __slots__ = ("_clock", "_factory", "_gates", "_last", "_scope")
 
     def __init__(
         self, clock: Clock, *, factory: GateFactory | None = None, scope: str = ""
@@ -168,9 +168,18 @@ class LimitState:
         self._factory = factory
         self._scope = scope
         self._gates: dict[str, Gate] = {}
+        self._last: tuple[Limits, Sequence[Gate]] | None = None
 
     def gates(self, limits: Limits) -> Sequence[Gate]:
         """The gates for ``limits``: the same objects while each number stays the same."""
+        last = self._last
+        if last is not None and last[0] is limits:  # every request: the table's own Limits
+            return last[1]
+        gates = self._gates_for(limits)
+        self._last = (limits, gates)
+        return gates
+
+    def _gates_for(self, limits: Limits) -> Sequence[Gate]:
         wanted = {"rpm": limits.rpm, "tpm": limits.tpm, "concurrency": limits.max_concurrency}
         gates: list[Gate] = []
         for kind, value in wanted.items():
@@ -181,7 +190,7 @@ class LimitState:
             if gate is None or getattr(gate, "limit", None) != value:
                 gate = self._gates[kind] = self._build(kind, value)
             gates.append(gate)
-        return gates
+        return tuple(gates)
 
     def _build(self, kind: str, value: int) -> Gate:
         if self._factory is not None:

@@ -82,16 +82,15 @@ def required_capabilities(endpoint: str, body: Mapping[str, Any], stream: bool) 
 def _has_image(messages: Any) -> bool:
     if not isinstance(messages, list):
         return False
+    # Parsed JSON holds dicts (no ABC check needed); text content is the common case.
     return any(
-        isinstance(message, Mapping) and _parts_have_image(message.get("content"))
+        isinstance(message, dict) and _parts_have_image(message.get("content"))
         for message in messages
     )
 
 
 def _parts_have_image(content: Any) -> bool:
-    if not isinstance(content, list):
-        return False
-    return any(_is_image(part) for part in content)
+    return isinstance(content, list) and any(_is_image(part) for part in content)
 
 
 def _is_image(part: Any) -> bool:

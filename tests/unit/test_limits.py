@@ -85,4 +85,4 @@ def test_gates_survive_while_their_number_stays_and_are_rebuilt_when_it_changes(
     assert again[0] is rpm
     assert again[1] is not tpm
     assert [g.kind for g in again] == ["rpm", "tpm", "concurrency"]
-    assert state.gates(Limits()) == []
+    assert state.gates(Limits()) == ()
