@@ -16,8 +16,11 @@ directory (see competitors.py); a row that cannot be installed or started is
 reported with the reason and the rest still runs.
 
 Everything listens and talks on 127.0.0.1 only; every process started is
-stopped by PID, also on Ctrl-C. A full run takes about 8 minutes, ``--quick``
-about 1.5 (plus, once, the installs). See bench/README.md for the columns.
+stopped by PID, also on Ctrl-C. After the reps, a paired phase runs every
+row's closed loop back to back, round after round, and reports modelpool's
+throughput ÷ each row's within each round: the machine's drift cancels out of
+those ratios. A full run takes about 9.5 minutes, ``--quick`` about 2 (plus,
+once, the installs). See bench/README.md for the columns.
 """
 
 from __future__ import annotations
@@ -68,10 +71,20 @@ class CompareSettings(Settings):
     rate_s: float = 4.0
     stream_s: float = 4.0
     warmup_s: float = 2.0
+    paired_rounds: int = 5
+    paired_s: float = 3.0
 
 
 QUICK = CompareSettings(
-    reps=1, starts=1, throughput_s=2.0, unloaded_s=1.0, rate_s=2.0, stream_s=1.5, warmup_s=1.0
+    reps=1,
+    starts=1,
+    throughput_s=2.0,
+    unloaded_s=1.0,
+    rate_s=2.0,
+    stream_s=1.5,
+    warmup_s=1.0,
+    paired_rounds=2,
+    paired_s=1.0,
 )
 
 
@@ -484,6 +497,35 @@ def ratio_table(rows: list[Row], s: CompareSettings) -> str:
     return "\n".join(lines)
 
 
+def paired_table(rows: list[Row], s: CompareSettings) -> str:
+    """modelpool's throughput ÷ each row's, round by round (see measure_paired)."""
+    ours = next((r for r in rows if r.key == "modelpool" and r.failure is None), None)
+    head = (
+        f"Throughput, paired: {s.paired_rounds} rounds, each running every row back to back "
+        f"for {s.paired_s:g} s × {s.connections} conn; modelpool ÷ row within each round."
+    )
+    if ours is None or not ours.samples.get("paired_rps"):
+        return head + " (modelpool did not run)"
+    lines = [
+        head,
+        "",
+        "| row | rps per round | modelpool ÷ row per round | median |",
+        "|---|---|---|---|",
+    ]
+    mine = ours.samples["paired_rps"]
+    for row in rows:
+        theirs = row.samples.get("paired_rps", [])
+        if row is ours or row.failure is not None or len(theirs) != len(mine):
+            continue
+        ratios = [a / b if b else math.nan for a, b in zip(mine, theirs, strict=True)]
+        lines.append(
+            f"| {row.name} | {' / '.join(_number(v) for v in theirs)} | "
+            f"{' / '.join(f'{v:.2f}' for v in ratios)} | **{median(ratios):.2f}×** |"
+        )
+    lines.append(f"| modelpool | {' / '.join(_number(v) for v in mine)} | | |")
+    return "\n".join(lines)
+
+
 def per_run_table(rows: list[Row], s: CompareSettings) -> str:
     keys = ["rps", "cpu_us_per_req", "sat_p99", "idle_p50", "idle_p99", "idle_preempted"]
     for rate in s.rates:
@@ -561,6 +603,33 @@ def measure_all(
     return samples
 
 
+def measure_paired(
+    env: Env, targets: list[Proxy], failed: dict[str, str], samples: dict[str, Samples], say: Say
+) -> None:
+    """Closed-loop throughput of every row back to back, round after round.
+
+    The machine's speed drifts over minutes (other tenants of the host), which
+    moves the reps' throughput by ±25 %; within one round the rows run seconds
+    apart, so the ratio of two rows in the same round is what their code makes
+    of the same machine. Appends ``paired_rps`` per round to each row's samples.
+    """
+    s = env.settings
+    assert isinstance(s, CompareSettings)
+    body = chat_body(POOL, False)
+    for round_ in range(s.paired_rounds):
+        say(f"paired throughput, round {round_ + 1}/{s.paired_rounds}")
+        for target in targets:
+            if target.name in failed:
+                continue
+            settle(target)
+            try:
+                closed = wrk(env, target, body, s.connections, s.paired_s)
+            except (RuntimeError, OSError, TimeoutError) as exc:
+                failed[target.name] = f"failed during paired round {round_ + 1}: {exc}"
+                continue
+            samples[target.name].setdefault("paired_rps", []).append(closed.rps)
+
+
 def run(
     settings: CompareSettings, only: set[str] | None, workdir: Path, args: argparse.Namespace
 ) -> str:
@@ -579,6 +648,7 @@ def run(
         targets, failed = launch_all(env, chosen, say)
         noise = NoiseMeter(procs)
         samples = measure_all(env, targets, failed, say)
+        measure_paired(env, targets, failed, samples, say)
         foreign = noise.foreign_cpus()
         by_name = {t.name: t for t in targets}
         rows = [
@@ -619,6 +689,8 @@ def _report(
         "above 1 are slower):",
         "",
         ratio_table(rows, settings),
+        "",
+        paired_table(rows, settings),
         "",
         f"Medians of {settings.reps} interleaved run(s); {_describe(settings, pinned)}. "
         f"{', '.join(what)}. Took {took:.0f} s. Other processes on the machine kept "
