@@ -509,21 +509,30 @@ def paired_table(rows: list[Row], s: CompareSettings) -> str:
     lines = [
         head,
         "",
-        "| row | rps per round | modelpool ÷ row per round | median |",
-        "|---|---|---|---|",
+        "| row | rps per round | modelpool ÷ row, rps | median | CPU µs per request per round "
+        "| row ÷ modelpool, CPU | median |",
+        "|---|---|---|---|---|---|---|",
     ]
-    mine = ours.samples["paired_rps"]
+    mine, my_cpu = ours.samples["paired_rps"], ours.samples.get("paired_cpu_us", [])
     for row in rows:
         theirs = row.samples.get("paired_rps", [])
-        if row is ours or row.failure is not None or len(theirs) != len(mine):
+        if row.failure is not None or len(theirs) != len(mine):
             continue
-        ratios = [a / b if b else math.nan for a, b in zip(mine, theirs, strict=True)]
-        lines.append(
-            f"| {row.name} | {' / '.join(_number(v) for v in theirs)} | "
-            f"{' / '.join(f'{v:.2f}' for v in ratios)} | **{median(ratios):.2f}×** |"
-        )
-    lines.append(f"| modelpool | {' / '.join(_number(v) for v in mine)} | | |")
+        cpu = row.samples.get("paired_cpu_us", [])
+        cells = [" / ".join(_number(v) for v in theirs)]
+        cells += _paired_ratios(mine, theirs) if row is not ours else ["", ""]
+        cells.append(" / ".join(_number(v) for v in cpu))
+        cells += _paired_ratios(cpu, my_cpu) if row is not ours else ["", ""]
+        lines.append(f"| {row.name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _paired_ratios(top: list[float], bottom: list[float]) -> list[str]:
+    """Round-by-round ``top ÷ bottom`` and their median, as two cells."""
+    if len(top) != len(bottom) or any(math.isnan(v) for v in (*top, *bottom)):
+        return ["–", "–"]
+    ratios = [a / b if b else math.nan for a, b in zip(top, bottom, strict=True)]
+    return [" / ".join(f"{v:.2f}" for v in ratios), f"**{median(ratios):.2f}×**"]
 
 
 def per_run_table(rows: list[Row], s: CompareSettings) -> str:
@@ -622,12 +631,16 @@ def measure_paired(
             if target.name in failed:
                 continue
             settle(target)
+            cpu0 = tree_cpu_s(target)
             try:
                 closed = wrk(env, target, body, s.connections, s.paired_s)
             except (RuntimeError, OSError, TimeoutError) as exc:
                 failed[target.name] = f"failed during paired round {round_ + 1}: {exc}"
                 continue
-            samples[target.name].setdefault("paired_rps", []).append(closed.rps)
+            cpu_us = (tree_cpu_s(target) - cpu0) / max(closed.requests, 1) * 1e6
+            row = samples[target.name]
+            row.setdefault("paired_rps", []).append(closed.rps)
+            row.setdefault("paired_cpu_us", []).append(cpu_us if target.proc else math.nan)
 
 
 def run(
