@@ -10,7 +10,8 @@ import secrets
 import sys
 from collections.abc import Sequence
 
-from modelpool.config.gate import child_gate, schema_text
+from modelpool.config.gate import child_gate
+from modelpool.config.judge import schema_text
 from modelpool.config.load import load_config
 from modelpool.config.semantic import is_loopback
 from modelpool.config.spec import parse_listen

@@ -24,7 +24,7 @@ from modelpool.balance import (
     strategy_for,
     weighted,
 )
-from modelpool.config.gate import schema_text
+from modelpool.config.judge import schema_text
 from modelpool.config.spec import Price
 from modelpool.tokens import Estimate
 

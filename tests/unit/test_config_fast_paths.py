@@ -16,7 +16,8 @@ import pytest
 import yaml
 from jsonschema import Draft202012Validator
 
-from modelpool.config.gate import InlineGate, schema_text
+from modelpool.config.gate import InlineGate
+from modelpool.config.judge import schema_text
 from modelpool.config.schema import _validator, validate_schema
 from modelpool.config.source import Document, parse_yaml
 

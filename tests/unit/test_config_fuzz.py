@@ -26,7 +26,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from modelpool.config.gate import schema_text
+from modelpool.config.judge import schema_text
 from modelpool.config.load import load_config
 from modelpool.config.spec import Config
 from modelpool.errors import ConfigError

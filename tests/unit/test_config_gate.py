@@ -21,7 +21,8 @@ import pytest
 import yaml
 
 from modelpool.config import gate
-from modelpool.config.gate import child_gate, inline_gate, serve
+from modelpool.config.gate import child_gate, inline_gate
+from modelpool.config.judge import serve
 from modelpool.config.load import load_config
 from modelpool.errors import ConfigError
 

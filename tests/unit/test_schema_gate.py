@@ -15,7 +15,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from modelpool.config.gate import judge
+from modelpool.config.judge import judge
 from modelpool.config.schema import _validator
 
 ROOT = Path(__file__).resolve().parents[2]

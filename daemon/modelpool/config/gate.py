@@ -14,60 +14,30 @@ that cannot start, dies or stalls costs speed, never a wrong verdict.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
-import os
 import pickle
-import signal
-import struct
 import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
-from functools import cache
-from typing import IO, Any, Protocol
+from typing import Any, Protocol
+
+from modelpool.config.judge import FRAME, INVALID, VALID, judge
 
 log = logging.getLogger(__name__)
 
 ANSWER_TIMEOUT = 10.0
 """Seconds a child may take to start and judge one document before it is killed."""
 
-CHILD = (sys.executable, "-P", "-m", "modelpool.config.gate")
+CHILD = (sys.executable, "-P", "-m", "modelpool.config.judge")
 """The child's command line (``-P``: never a ``modelpool`` found in the working directory)."""
-
-_FRAME = struct.Struct(">Q")  # the length of the pickled document that follows
-_VALID, _INVALID = b"1", b"0"
 
 
 class Gate(Protocol):
     def passes(self, data: Any) -> bool:
         """True only if ``data`` is valid; False if invalid or not known."""
         ...
-
-
-def schema_text() -> str:
-    """The schema as shipped (also `schemas/pools.schema.json` in the repository)."""
-    # Beside this module, not via importlib.resources: the child starts 20 ms sooner.
-    with open(os.path.join(os.path.dirname(__file__), "pools.schema.json"), encoding="utf-8") as f:
-        return f.read()
-
-
-def judge(data: Any) -> bool:
-    """The verdict of the compiled schema, in this process."""
-    try:
-        return bool(_compiled().is_valid(data))
-    except ValueError:
-        # A value JSON has no type for (a YAML date such as an unquoted
-        # `api_version: 2023-06-01`, `!!binary`): jsonschema says where it is.
-        return False
-
-
-@cache
-def _compiled() -> Any:
-    import jsonschema_rs
-
-    return jsonschema_rs.validator_for(json.loads(schema_text()))
 
 
 GateFactory = Callable[[], AbstractContextManager[Gate]]
@@ -124,18 +94,18 @@ class _Child:
         watchdog = threading.Timer(ANSWER_TIMEOUT, proc.kill)
         watchdog.start()
         try:
-            proc.stdin.write(_FRAME.pack(len(payload)) + payload)
+            proc.stdin.write(FRAME.pack(len(payload)) + payload)
             proc.stdin.flush()
             answer = proc.stdout.read(1)
         except OSError:
             answer = b""
         finally:
             watchdog.cancel()
-        if answer not in (_VALID, _INVALID):
+        if answer not in (VALID, INVALID):
             log.warning("schema gate child gave no answer, validating with jsonschema")
             self.close()
             return False
-        return answer == _VALID
+        return answer == VALID
 
     def close(self) -> None:
         proc, self._proc = self._proc, None
@@ -147,24 +117,3 @@ class _Child:
                     pipe.close()
         proc.kill()  # its work is done (or never came: a file that did not parse)
         proc.wait()
-
-
-def serve(requests: IO[bytes], answers: IO[bytes]) -> None:
-    """Answer each framed document on ``requests`` with one byte, until end of input."""
-    _compiled()  # ready before the first document arrives
-    while True:
-        head = requests.read(_FRAME.size)
-        if len(head) < _FRAME.size:
-            return
-        (size,) = _FRAME.unpack(head)
-        payload = requests.read(size)
-        if len(payload) < size:
-            return
-        answers.write(_VALID if judge(pickle.loads(payload)) else _INVALID)
-        answers.flush()
-
-
-if __name__ == "__main__":
-    # Ctrl-C in a terminal reaches the whole process group: the daemon decides.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    serve(sys.stdin.buffer, sys.stdout.buffer)

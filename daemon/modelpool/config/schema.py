@@ -18,7 +18,8 @@ if TYPE_CHECKING:  # imported when an error needs explaining: ~5 MB a valid conf
     from jsonschema import Draft202012Validator
     from jsonschema.exceptions import ValidationError
 
-from modelpool.config.gate import Gate, schema_text
+from modelpool.config.gate import Gate
+from modelpool.config.judge import schema_text
 from modelpool.config.source import Document, Path
 from modelpool.errors import ConfigIssue
 
