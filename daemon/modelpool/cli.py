@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import os
 import secrets
@@ -14,7 +15,7 @@ from modelpool.config.gate import child_gate
 from modelpool.config.judge import schema_text
 from modelpool.config.load import load_config
 from modelpool.config.semantic import is_loopback
-from modelpool.config.spec import parse_listen
+from modelpool.config.spec import Config, parse_listen
 from modelpool.errors import ConfigError
 
 DEFAULT_CONFIG = "pools.yaml"
@@ -143,12 +144,8 @@ def _check(path: str) -> int:
 
 
 def _run(path: str, listen: str | None, log_format: str | None) -> int:
-    from modelpool.app import serve
-    from modelpool.logs import setup_logging
-    from modelpool.usage.store import StoreError
-
     try:
-        config = load_config(path, gate=child_gate)
+        config = _daemon_config(path)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 1
@@ -159,12 +156,25 @@ def _run(path: str, listen: str | None, log_format: str | None) -> int:
             file=sys.stderr,
         )
         return 1
+    from modelpool.app import serve
+    from modelpool.logs import setup_logging
+    from modelpool.usage.store import StoreError
+
     setup_logging(log_format or config.server.log_format, config.server.log_level)
     try:
         return _event_loop_run(serve(config, host, port))
     except (ConfigError, StoreError) as exc:  # the usage store could not be opened
         print(exc, file=sys.stderr)
         return 1
+
+
+def _daemon_config(path: str) -> Config:
+    """The config, validated by a gate child started before the server's imports:
+    the child's start and those imports take about as long, and overlap."""
+    with child_gate() as gate:
+        import modelpool.app  # noqa: F401 - imported here to overlap the child's start
+
+        return load_config(path, gate=lambda: contextlib.nullcontext(gate))
 
 
 def _usage(args: argparse.Namespace) -> int:
