@@ -78,6 +78,7 @@ def load_config_error(path: Path, factory: gate.GateFactory) -> ConfigError:
     "command",
     [
         pytest.param(("/nonexistent/python",), id="cannot-start"),
+        pytest.param((None,), id="no-executable"),  # sys.executable can be None
         pytest.param((sys.executable, "-c", "pass"), id="exits-at-once"),
         pytest.param((sys.executable, "-c", "import sys; sys.stdout.write('?')"), id="garbage"),
     ],

@@ -78,7 +78,7 @@ class _Child:
                 stdout=subprocess.PIPE,
                 stderr=subprocess.DEVNULL,  # a traceback could quote the config's secrets
             )
-        except OSError as exc:
+        except (OSError, TypeError) as exc:  # TypeError: sys.executable may be None
             log.warning("schema gate child did not start, validating with jsonschema: %s", exc)
 
     def passes(self, data: Any) -> bool:
