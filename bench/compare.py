@@ -60,7 +60,18 @@ from competitors import (
     post,
 )
 from procs import NoiseMeter, Processes, cpu_plan, preemptions, process_cpu_s
-from run import POOL, Env, Settings, chat_body, median, modelpool_executable, start_upstream
+from run import (
+    POOL,
+    Env,
+    Samples,
+    Settings,
+    chat_body,
+    median,
+    modelpool_executable,
+    runs,
+    runs_by_key,
+    start_upstream,
+)
 
 
 @dataclass(frozen=True)
@@ -283,8 +294,6 @@ def streams(target: Proxy, concurrency: int, duration: float) -> list[float]:
 
 
 # --- one repetition -----------------------------------------------------------------------
-
-Samples = dict[str, list[float]]
 
 
 def _others_cpu(targets: Sequence[Proxy], current: Proxy) -> float:
@@ -519,9 +528,9 @@ def paired_table(rows: list[Row], s: CompareSettings) -> str:
         if row.failure is not None or len(theirs) != len(mine):
             continue
         cpu = row.samples.get("paired_cpu_us", [])
-        cells = [" / ".join(_number(v) for v in theirs)]
+        cells = [runs(theirs)]
         cells += _paired_ratios(mine, theirs) if row is not ours else ["", ""]
-        cells.append(" / ".join(_number(v) for v in cpu))
+        cells.append(runs(cpu))
         cells += _paired_ratios(cpu, my_cpu) if row is not ours else ["", ""]
         lines.append(f"| {row.name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -541,21 +550,7 @@ def per_run_table(rows: list[Row], s: CompareSettings) -> str:
         keys += [f"rate{rate:g}_{k}" for k in ("p50", "p99", "achieved", "preempted")]
     keys += ["ttfb_p50", "ttfb_p99", "total_p50", "streams", "others_cpu_pct", "settle_s"]
     keys += ["errors"]
-    ran = [r for r in rows if r.failure is None]
-    lines = [
-        "| per run | " + " | ".join(r.name for r in ran) + " |",
-        "|" + "---|" * (len(ran) + 1),
-    ]
-    for key in keys:
-        cells = [" / ".join(_number(v) for v in r.samples.get(key, [])) for r in ran]
-        lines.append(f"| {key} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def _number(value: float) -> str:
-    if math.isnan(value):
-        return "–"
-    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
+    return runs_by_key([(r.name, r.samples) for r in rows if r.failure is None], keys)
 
 
 def _describe(s: CompareSettings, pinned: str) -> str:

@@ -50,11 +50,13 @@ from procs import CpuPlan, NoiseMeter, Proc, Processes, cpu_plan, free_port, pro
 from run import (
     CHAT_PATH,
     POOL,
+    Samples,
     Settings,
     _raise_interrupt,
     chat_body,
     median,
     modelpool_executable,
+    runs_by_row,
     start_upstream,
 )
 
@@ -187,9 +189,6 @@ def launch(
     return Target(variant, port, proc)
 
 
-Samples = dict[str, list[float]]
-
-
 def measure_once(
     procs: Processes,
     workdir: Path,
@@ -311,15 +310,7 @@ def table(rows: Sequence[tuple[Variant, Samples]], plan: Plan) -> str:
 def listing(rows: Sequence[tuple[Variant, Samples]]) -> str:
     keys = ["ok_rps", "rejected_rps", "cpu_us", "closed_p50", "closed_p99", "idle_p50"]
     keys += ["rate_p50", "rate_p99", "rate_achieved"]
-    lines = ["| per run | " + " | ".join(keys) + " |", "|" + "---|" * (len(keys) + 1)]
-    for variant, samples in rows:
-        cells = [" / ".join(_number(v) for v in samples.get(key, [])) or "–" for key in keys]
-        lines.append(f"| {variant.name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def _number(value: float) -> str:
-    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
+    return runs_by_row([(variant.name, samples) for variant, samples in rows], keys)
 
 
 # --- main --------------------------------------------------------------------------------

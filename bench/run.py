@@ -355,20 +355,39 @@ def spread(rows: list[Row]) -> str:
         "total_p50",
         "stream_preempted",
     ]
+    return runs_by_key([(row.name, row.samples) for row in rows], keys)
+
+
+def number(value: float) -> str:
+    """A figure for a table cell: grouped from 100 up, 3 significant digits below."""
+    if math.isnan(value):
+        return "–"
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
+
+
+def runs(values: Sequence[float]) -> str:
+    """Every run of one figure, as one cell: ``a / b / c``."""
+    return " / ".join(number(v) for v in values) or "–"
+
+
+def runs_by_key(columns: Sequence[tuple[str, Samples]], keys: Sequence[str]) -> str:
+    """Every single run as a markdown table: a line per figure, a column per row."""
     lines = [
-        "| per run | " + " | ".join(row.name for row in rows) + " |",
-        "|" + "---|" * (len(rows) + 1),
+        "| per run | " + " | ".join(name for name, _ in columns) + " |",
+        "|" + "---|" * (len(columns) + 1),
     ]
     for key in keys:
-        cells = [" / ".join(_number(v) for v in row.samples.get(key, [])) for row in rows]
+        cells = [runs(samples.get(key, [])) for _, samples in columns]
         lines.append(f"| {key} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def _number(value: float) -> str:
-    if math.isnan(value):
-        return "–"
-    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
+def runs_by_row(rows: Sequence[tuple[str, Samples]], keys: Sequence[str]) -> str:
+    """Every single run as a markdown table: a line per row, a column per figure."""
+    lines = ["| per run | " + " | ".join(keys) + " |", "|" + "---|" * (len(keys) + 1)]
+    for name, samples in rows:
+        lines.append(f"| {name} | " + " | ".join(runs(samples.get(k, [])) for k in keys) + " |")
+    return "\n".join(lines)
 
 
 # --- profiling ---------------------------------------------------------------------------

@@ -65,14 +65,21 @@ from limits import (
     Target,
     Variant,
     _m,
-    _number,
     _pair,
     launch,
     measure_once,
     warm_up,
 )
 from procs import CpuPlan, NoiseMeter, Proc, Processes, cpu_plan, free_port, process_cpu_s
-from run import POOL, Settings, _raise_interrupt, chat_body, median, start_upstream
+from run import (
+    POOL,
+    Settings,
+    _raise_interrupt,
+    chat_body,
+    median,
+    runs_by_row,
+    start_upstream,
+)
 
 QUEUE = {"max_waiting": 1000, "timeout": "10s"}
 FLEET = 3
@@ -526,11 +533,7 @@ def listing(rows: Sequence[tuple[str, Samples]]) -> str:
     keys = ["ok_rps", "cpu_us", "cores", "redis_trips", "redis_inner", "redis_exec_us"]
     keys += ["redis_cpu_us", "redis_down", "drain_ms", "drain_cpu_us", "closed_p99"]
     keys += ["idle_p50", "idle_p99", "rate_p50", "rate_p99", "rate_achieved"]
-    lines = ["| per run | " + " | ".join(keys) + " |", "|" + "---|" * (len(keys) + 1)]
-    for name, samples in rows:
-        cells = [" / ".join(_number(v) for v in samples.get(key, [])) or "–" for key in keys]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return runs_by_row(rows, keys)
 
 
 def commands(rows: Sequence[tuple[str, Samples]]) -> str:
