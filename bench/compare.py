@@ -35,9 +35,7 @@ import math
 import os
 import platform
 import shutil
-import signal
 import sys
-import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -68,6 +66,7 @@ from run import (
     chat_body,
     median,
     modelpool_executable,
+    run_reported,
     runs,
     runs_by_key,
     start_upstream,
@@ -748,10 +747,6 @@ def _say(message: str) -> None:
     print(f"[compare] {message}", file=sys.stderr, flush=True)
 
 
-def _raise_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
 KEYS = ("direct", "nginx", "passthrough", "modelpool", "litellm", "portkey")
 
 
@@ -776,29 +771,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"unknown rows {sorted(unknown)}; choose from {','.join(KEYS)}")
     if shutil.which("wrk") is None:
         parser.error("wrk is required (apt-get install wrk)")
-    signal.signal(signal.SIGTERM, _raise_interrupt)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
 
-    workdir = Path(tempfile.mkdtemp(prefix="modelpool-compare-"))
-    keep = args.keep
-    try:
+    def work(workdir: Path) -> str:
         report = run(settings, only, workdir, args)
         if args.json:
             shutil.copy(workdir / "results.json", args.json)
-    except KeyboardInterrupt:
-        _say("interrupted; every started process was stopped")
-        return 130
-    except RuntimeError as exc:
-        _say(f"failed: {exc}")
-        keep = True
-        return 1
-    finally:
-        if keep:
-            _say(f"logs kept in {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
-    print(report)
-    return 0
+        return report
+
+    return run_reported("modelpool-compare-", work, keep=args.keep, tell=_say)
 
 
 if __name__ == "__main__":

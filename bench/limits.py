@@ -36,9 +36,7 @@ import json
 import math
 import os
 import shutil
-import signal
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -52,11 +50,12 @@ from run import (
     POOL,
     Samples,
     Settings,
-    _raise_interrupt,
     chat_body,
     median,
     modelpool_executable,
+    run_reported,
     runs_by_row,
+    say,
     start_upstream,
 )
 
@@ -374,32 +373,14 @@ def main(
     if shutil.which("wrk") is None:
         parser.error("wrk is required (apt-get install wrk)")
     plan = dataclasses.replace(Plan(), reps=args.reps)
-    signal.signal(signal.SIGTERM, _raise_interrupt)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
 
-    def say(message: str) -> None:
-        print(f"[bench] {message}", file=sys.stderr, flush=True)
-
-    workdir = Path(tempfile.mkdtemp(prefix="modelpool-bench-variants-"))
-    keep = args.keep
-    try:
+    def work(workdir: Path) -> str:
         report, samples = run(plan, workdir, say, variants)
         if args.json:
             args.json.write_text(json.dumps(samples, indent=2))
-    except KeyboardInterrupt:
-        say("interrupted; every started process was stopped")
-        return 130
-    except RuntimeError as exc:
-        say(f"failed: {exc}")
-        keep = True
-        return 1
-    finally:
-        if keep:
-            say(f"logs kept in {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
-    print(report)
-    return 0
+        return report
+
+    return run_reported("modelpool-bench-variants-", work, keep=args.keep)
 
 
 if __name__ == "__main__":

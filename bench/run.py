@@ -491,6 +491,46 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
+def say(message: str) -> None:
+    """A progress line on stderr (the report goes to stdout)."""
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+def run_reported(
+    prefix: str,
+    work: Callable[[Path], str],
+    *,
+    keep: bool = False,
+    failures: tuple[type[Exception], ...] = (RuntimeError,),
+    tell: Callable[[str], None] = say,
+) -> int:
+    """Run ``work`` in a fresh work directory and print the report it returns.
+
+    SIGTERM and Ctrl-C end it with 130 (whatever it started is stopped by then);
+    one of ``failures`` is told, keeps the directory's logs and ends it with 1.
+    The directory is removed otherwise, unless ``keep``.
+    """
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with it ignored
+    workdir = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        report = work(workdir)
+    except KeyboardInterrupt:
+        tell("interrupted; every started process was stopped")
+        return 130
+    except failures as exc:
+        tell(f"failed: {exc}")
+        keep = True
+        return 1
+    finally:
+        if keep:
+            tell(f"logs kept in {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    print(report)
+    return 0
+
+
 def start_upstream(procs: Processes, cpus: CpuPlan, settings: Settings) -> int:
     argv = [
         *cpus.prefix(cpus.load),
@@ -623,32 +663,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = dataclasses.replace(settings, rate=args.rate)
     if shutil.which("wrk") is None:
         parser.error("wrk is required (apt-get install wrk)")
-    signal.signal(signal.SIGTERM, _raise_interrupt)
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with it ignored
 
-    def say(message: str) -> None:
-        print(f"[bench] {message}", file=sys.stderr, flush=True)
-
-    workdir = Path(tempfile.mkdtemp(prefix="modelpool-bench-"))
-    keep = args.keep
-    try:
+    def work(workdir: Path) -> str:
         report = run(settings, workdir, args.profile, say)
         if args.json:
             shutil.copy(workdir / "results.json", args.json)
-    except KeyboardInterrupt:
-        say("interrupted; every started process was stopped")
-        return 130
-    except RuntimeError as exc:
-        say(f"failed: {exc}")
-        keep = True
-        return 1
-    finally:
-        if keep:
-            say(f"logs kept in {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
-    print(report)
-    return 0
+        return report
+
+    return run_reported("modelpool-bench-", work, keep=args.keep)
 
 
 if __name__ == "__main__":

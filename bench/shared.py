@@ -46,9 +46,7 @@ import http.client
 import json
 import os
 import shutil
-import signal
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -74,10 +72,11 @@ from procs import CpuPlan, NoiseMeter, Proc, Processes, cpu_plan, free_port, pro
 from run import (
     POOL,
     Settings,
-    _raise_interrupt,
     chat_body,
     median,
+    run_reported,
     runs_by_row,
+    say,
     start_upstream,
 )
 
@@ -679,32 +678,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         if shutil.which(tool) is None:
             parser.error(f"{tool} is required (apt-get install {tool.removesuffix('-server')})")
     plan = dataclasses.replace(Plan(), reps=args.reps)
-    signal.signal(signal.SIGTERM, _raise_interrupt)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
 
-    def say(message: str) -> None:
-        print(f"[bench] {message}", file=sys.stderr, flush=True)
-
-    workdir = Path(tempfile.mkdtemp(prefix="modelpool-bench-shared-"))
-    keep = args.keep
-    try:
+    def work(workdir: Path) -> str:
         report, samples = run(plan, workdir, say)
         if args.json:
             args.json.write_text(json.dumps(samples, indent=2))
-    except KeyboardInterrupt:
-        say("interrupted; every started process was stopped")
-        return 130
-    except (RuntimeError, redis.RedisError) as exc:
-        say(f"failed: {exc}")
-        keep = True
-        return 1
-    finally:
-        if keep:
-            say(f"logs kept in {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
-    print(report)
-    return 0
+        return report
+
+    return run_reported(
+        "modelpool-bench-shared-", work, keep=args.keep, failures=(RuntimeError, redis.RedisError)
+    )
 
 
 if __name__ == "__main__":
