@@ -12,10 +12,7 @@ import os
 import pickle
 import struct
 from functools import cache
-from typing import IO, TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from typing import Any
+from typing import IO, Any
 
 FRAME = struct.Struct(">Q")
 """The length of the pickled document that follows it."""
