@@ -127,6 +127,8 @@ class AnthropicToOpenAIUpstream:
     def call(self, request: ProxyRequest, model: Model, timeouts: Timeouts) -> Call:
         field = MAX_TOKENS_FIELD.get(model.provider.type, "max_tokens")
         body = anthropic_to_openai_chat(request.body, max_tokens_field=field)  # type: ignore[arg-type]
+        if _carries_extensions(body):  # earlier thinking: no OpenAI field can carry it
+            body = strip_modelpool_extensions(body)
         body["model"] = model.spec.upstream_model
         return Call("chat", body, request.stream, timeouts, model.name)
 

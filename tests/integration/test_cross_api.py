@@ -174,6 +174,29 @@ async def test_parallel_tool_calls_from_an_openai_model_become_tool_use_blocks(
 # --------------------------------------------------------------- OpenAI client, Anthropic model
 
 
+@pytest.mark.parametrize("stream", [False, True])
+async def test_earlier_thinking_turns_do_not_reach_an_openai_model(
+    to_openai: Daemon, fake: FakeUpstream, stream: bool
+) -> None:
+    """Claude's thinking blocks in the history have no OpenAI field: they are left out,
+    not sent as unknown message keys an OpenAI upstream would refuse."""
+    thought = {"type": "thinking", "thinking": "Paris, surely.", "signature": "c2lnbmF0dXJl"}
+    history = [
+        {"role": "user", "content": "Capital of France?"},
+        {"role": "assistant", "content": [thought, {"type": "text", "text": "Paris."}]},
+        {"role": "user", "content": "And of Norway?"},
+    ]
+    body = anthropic_body(messages=history, stream=stream)
+
+    async with to_openai.http.post("/v1/messages", json=body) as response:
+        assert response.status == 200, await response.text()
+        await response.read()
+
+    [received] = fake.requests
+    assert received.rejected is None
+    assert received.json["messages"][2] == {"role": "assistant", "content": "Paris."}
+
+
 async def test_a_chat_completion_is_served_by_an_anthropic_model(
     to_anthropic: Daemon, fake: FakeUpstream
 ) -> None:

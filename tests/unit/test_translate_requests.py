@@ -312,7 +312,7 @@ def test_sampling_and_limits_openai_to_anthropic() -> None:
         )
     )
     assert out["temperature"] == 0.3
-    assert out["top_p"] == 0.9
+    assert "top_p" not in out  # current Claude models refuse temperature and top_p together
     assert out["stop_sequences"] == ["END"]
     assert out["max_tokens"] == 50
     assert out["stream"] is True
@@ -326,6 +326,26 @@ def test_sampling_and_limits_openai_to_anthropic() -> None:
 )
 def test_max_tokens_default(extra: dict[str, Any], expected: int) -> None:
     assert o2a(oa(USER, **extra), default_max_tokens=777)["max_tokens"] == expected
+
+
+def test_top_p_alone_passes_to_anthropic() -> None:
+    assert o2a(oa(USER, top_p=0.9))["top_p"] == 0.9
+
+
+def test_an_empty_assistant_turn_is_left_out_for_anthropic() -> None:
+    """Anthropic refuses a message with no content; an empty OpenAI turn carries nothing."""
+    body = oa(
+        USER,
+        {"role": "assistant", "content": ""},
+        {"role": "user", "content": "still there?"},
+        {"role": "assistant", "content": None},
+    )
+    assert o2a(body)["messages"] == [
+        {
+            "role": "user",
+            "content": [{"type": "text", "text": "hi"}, {"type": "text", "text": "still there?"}],
+        }
+    ]
 
 
 def test_temperature_above_anthropic_range_is_clamped() -> None:

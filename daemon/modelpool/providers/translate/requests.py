@@ -62,6 +62,7 @@ def openai_chat_to_anthropic(
     _copy_common(body, out, ("temperature", "top_p", "stream"))
     if isinstance(out.get("temperature"), int | float):
         out["temperature"] = min(float(out["temperature"]), 1.0)
+        out.pop("top_p", None)  # current Claude models refuse both; temperature is the usual dial
     stop = body.get("stop")
     if stop is not None:
         out["stop_sequences"] = (
@@ -148,7 +149,9 @@ def _openai_messages(
         elif role == "tool":
             _append(out, "user", [_openai_tool_result(msg, param)])
         elif role == "assistant":
-            _append(out, "assistant", _openai_assistant_blocks(msg, param), merge=False)
+            blocks = _openai_assistant_blocks(msg, param)
+            if blocks:  # an empty turn says nothing, and Anthropic refuses empty content
+                _append(out, "assistant", blocks, merge=False)
         else:
             raise TranslationError(f"unsupported message role {role!r}", f"{param}.role")
     return _system_value(system), out
