@@ -20,6 +20,7 @@ from fake_upstream import (
     MESSAGES,
     Reply,
     anthropic_message,
+    anthropic_stream,
     openai_tool_stream,
 )
 from threaded_fakes import ThreadedFakes
@@ -179,6 +180,33 @@ def test_openai_sdk_tool_call_served_by_an_anthropic_model(
         "tool_use_id": "toolu_01",
         "content": "12°C",
     }
+
+
+def test_openai_sdk_streams_parallel_tool_calls_from_an_anthropic_model(
+    oai: openai.OpenAI, fakes: ThreadedFakes
+) -> None:
+    blocks = [
+        "Checking both.",
+        {"type": "tool_use", "id": "toolu_a", "name": "get_weather", "input": {"city": "Oslo"}},
+        {"type": "tool_use", "id": "toolu_b", "name": "get_weather", "input": {"city": "Lima"}},
+    ]
+    fakes.script(0, MESSAGES, Reply(chunks=anthropic_stream(blocks, "tool_use")))
+    with oai.chat.completions.stream(
+        model="anthropic-only",
+        messages=[{"role": "user", "content": "Weather in Oslo and Lima?"}],
+        tools=[OPENAI_TOOL],
+    ) as stream:
+        final = stream.get_final_completion()
+    assert fakes.requests(0)[0].rejected is None
+    choice = final.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    assert choice.message.content == "Checking both."
+    calls = choice.message.tool_calls or []
+    assert [c.id for c in calls] == ["toolu_a", "toolu_b"]
+    assert [json.loads(c.function.arguments) for c in calls] == [  # type: ignore[union-attr]
+        {"city": "Oslo"},
+        {"city": "Lima"},
+    ]
 
 
 # --------------------------------------------------------------- anthropic SDK → OpenAI model

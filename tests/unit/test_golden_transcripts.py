@@ -615,6 +615,13 @@ def tool_uses(message: Mapping[str, Any]) -> list[Ev]:
 # ================================================================ the fixtures themselves
 
 
+def test_the_translation_guide_names_every_field_left_behind() -> None:
+    """docs/translation.md is the user's list of what does not cross; it must not drift."""
+    guide = (Path(__file__).parents[2] / "docs" / "translation.md").read_text()
+    left_behind = OPENAI_ONLY_REQUEST_KEYS | ANTHROPIC_ONLY_REQUEST_KEYS | ANTHROPIC_ONLY_BLOCK_KEYS
+    assert sorted(k for k in left_behind | OPENAI_ONLY_RESPONSE_KEYS if f"`{k}" not in guide) == []
+
+
 def test_every_required_case_has_a_fixture() -> None:
     assert set(CASES) >= {
         "plain_text",
