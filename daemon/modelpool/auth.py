@@ -17,10 +17,15 @@ from modelpool.errors import Forbidden, Unauthorized
 
 
 def key_of(headers: Mapping[str, str]) -> str | None:
-    authorization = headers.get("Authorization")
-    if authorization is not None:
-        scheme, _, token = authorization.partition(" ")
-        return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+    """The client's key: a Bearer token, else ``x-api-key``.
+
+    An ``Authorization`` header of another scheme (Basic, say, added by a proxy
+    on the way) is not a modelpool key and must not hide the ``x-api-key`` an
+    Anthropic-style client sent beside it.
+    """
+    scheme, _, token = headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
     return headers.get("x-api-key") or None
 
 

@@ -1,4 +1,5 @@
-"""Client keys: 401 without a known key, 403 outside the client's pools, in OpenAI format."""
+"""Client keys: 401 without a known key, 403 outside the client's pools, in the ingress API's
+error format."""
 
 from __future__ import annotations
 
@@ -49,6 +50,10 @@ def chat(model: str) -> dict[str, Any]:
     return {"model": model, "messages": [{"role": "user", "content": "hi"}]}
 
 
+def message(model: str) -> dict[str, Any]:
+    return chat(model) | {"max_tokens": 16}
+
+
 async def test_missing_key_is_401_in_openai_format(client: TestClient[Any, Any]) -> None:
     response = await client.post("/v1/chat/completions", json=chat("smart"))
     assert response.status == 401
@@ -95,3 +100,44 @@ async def test_key_is_never_echoed(client: TestClient[Any, Any]) -> None:
     headers = {"Authorization": f"Bearer {KEY}"}
     response = await client.post("/v1/chat/completions", json=chat("cheap"), headers=headers)
     assert KEY not in await response.text()
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"x-api-key": "not-a-known-key"}, {"Authorization": "Bearer not-a-known-key"}],
+)
+async def test_missing_or_unknown_key_is_401_in_anthropic_format(
+    client: TestClient[Any, Any], headers: dict[str, str]
+) -> None:
+    response = await client.post("/v1/messages", json=message("smart"), headers=headers)
+    assert response.status == 401
+    body = await response.json()
+    assert body["type"] == "error"
+    assert body["error"]["type"] == "authentication_error"
+
+
+async def test_pool_outside_the_clients_list_is_403_in_anthropic_format(
+    client: TestClient[Any, Any],
+) -> None:
+    response = await client.post("/v1/messages", json=message("cheap"), headers={"x-api-key": KEY})
+    assert response.status == 403
+    body = await response.json()
+    assert body["type"] == "error"
+    assert body["error"]["type"] == "permission_error"
+    assert "allowed: smart" in body["error"]["message"]
+
+
+async def test_an_anthropic_key_is_served_beside_a_non_bearer_authorization(
+    client: TestClient[Any, Any],
+) -> None:
+    """A proxy's ``Authorization: Basic …`` must not hide the client's ``x-api-key``."""
+    headers = {"Authorization": "Basic dXNlcjpwYXNz", "x-api-key": KEY}
+    response = await client.post("/v1/messages", json=message("smart"), headers=headers)
+    assert response.status == 200
+    assert response.headers["x-modelpool-model"] == "m1"
+
+
+async def test_a_bearer_token_wins_over_x_api_key(client: TestClient[Any, Any]) -> None:
+    headers = {"Authorization": f"Bearer {OTHER_KEY}", "x-api-key": KEY}
+    response = await client.post("/v1/chat/completions", json=chat("cheap"), headers=headers)
+    assert response.status == 200  # agent-b may use cheap; agent-a (the x-api-key) may not
