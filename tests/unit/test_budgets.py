@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import textwrap
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Literal
 
 import pytest
 
-from modelpool.config.spec import Budget
+from modelpool.compile import compile_table
+from modelpool.config.load import load_config
+from modelpool.config.spec import Budget, Price
 from modelpool.errors import BudgetExceeded
+from modelpool.providers.translate.usage import Usage
+from modelpool.state import StateRegistry
+from modelpool.tokens import Estimate
+from modelpool.upstream import Transports
+from modelpool.usage.accounting import worst_case
 from modelpool.usage.budgets import BudgetBook, period_bounds
+from modelpool.usage.pricing import cost_of
 from modelpool.usage.record import Totals
 from modelpool.usage.store import Query, Row
 
@@ -150,3 +160,38 @@ async def test_a_reservation_from_last_period_does_not_count_in_the_new_one() ->
     reservation.settle(0.9, 1)
     [meter] = book.status()
     assert meter["spent"] == 0.0
+
+
+CACHE_PRICED = """\
+version: 1
+providers:
+  mock: {type: mock}
+models:
+  m:
+    provider: mock
+    price: {input_per_mtok: 3, output_per_mtok: 15, cache_read_per_mtok: 0.3,
+            cache_write_per_mtok: 3.75}
+pools:
+  p: {members: [m]}
+"""
+
+
+def test_a_reservation_covers_a_prompt_the_upstream_bills_as_cache_writes(tmp_path: Path) -> None:
+    """Cache writes cost more than input: a reservation at the input rate would fall short of
+    the bill, and racing requests could overshoot a cap by more than one reservation."""
+    path = tmp_path / "pools.yaml"
+    path.write_text(textwrap.dedent(CACHE_PRICED))
+    table = compile_table(
+        load_config(path, env={}), generation=1, registry=StateRegistry(), transports=Transports()
+    )
+    price = Price(3, 15, cache_read_per_mtok=0.3, cache_write_per_mtok=3.75)
+    reserved = worst_case(table, table.routes["p"], Estimate(10_000, 0), asked=100)
+    bills = [
+        Usage(input_tokens=10_000, output_tokens=100),
+        Usage(cache_write_tokens=10_000, output_tokens=100),
+        Usage(input_tokens=2_000, cache_read_tokens=4_000, cache_write_tokens=4_000,
+              output_tokens=100),
+    ]  # fmt: skip
+    costs = [cost_of(bill, price) for bill in bills]
+    assert all(cost is not None and cost <= reserved + 1e-12 for cost in costs), (costs, reserved)
+    assert reserved == pytest.approx(costs[1], abs=1e-12)  # all cache writes: the dearest bill

@@ -22,7 +22,7 @@ from modelpool.request import ProxyRequest
 from modelpool.table import Pool, RoutingTable
 from modelpool.tokens import Estimate
 from modelpool.usage.budgets import BudgetBook, Scope
-from modelpool.usage.pricing import cost_of
+from modelpool.usage.pricing import cost_of, worst_cost
 from modelpool.usage.record import ANONYMOUS, NO_MODEL, Outcome, UsageRecord
 from modelpool.usage.store import UsageStore
 
@@ -175,7 +175,8 @@ def worst_case(table: RoutingTable, route: Pool, guess: Estimate, asked: int | N
     """The most the request can cost on any model of the route or its failover pools.
 
     Output is what the request asks for at most, else the model's
-    ``max_output_tokens``, else DEFAULT_WORST_OUTPUT. Unpriced models count 0.
+    ``max_output_tokens``, else DEFAULT_WORST_OUTPUT; the prompt is priced at
+    the model's dearest prompt rate (see ``worst_cost``). Unpriced models count 0.
     """
     worst = 0.0
     for pool_name in route.chain:
@@ -184,6 +185,5 @@ def worst_case(table: RoutingTable, route: Pool, guess: Estimate, asked: int | N
             if spec.price is None:
                 continue
             output = asked or spec.max_output_tokens or DEFAULT_WORST_OUTPUT
-            usage = Usage(input_tokens=guess.input_tokens, output_tokens=output)
-            worst = max(worst, cost_of(usage, spec.price) or 0.0)
+            worst = max(worst, worst_cost(guess.input_tokens, output, spec.price))
     return worst

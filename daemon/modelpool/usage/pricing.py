@@ -18,13 +18,32 @@ def cost_of(usage: Usage, price: Price | None) -> float | None:
     """USD for ``usage`` at ``price``; None when the model has no price."""
     if price is None:
         return None
-    read = price.input_per_mtok if price.cache_read_per_mtok is None else price.cache_read_per_mtok
-    write = (
-        price.input_per_mtok if price.cache_write_per_mtok is None else price.cache_write_per_mtok
-    )
+    read, write = _cache_rates(price)
     return (
         usage.input_tokens * price.input_per_mtok
         + usage.cache_read_tokens * read
         + usage.cache_write_tokens * write
         + usage.output_tokens * price.output_per_mtok
     ) / PER
+
+
+def worst_cost(prompt_tokens: int, output_tokens: int, price: Price) -> float:
+    """The most a request of this size can cost at ``price``.
+
+    Which prompt tokens the upstream bills as fresh input, cache writes or cache
+    reads is known only afterwards, so each is priced at the dearest of the
+    three (a cache write usually costs more than input). A budget reservation
+    below the bill would let racing requests overshoot a cap by more than one
+    reservation.
+    """
+    prompt_rate = max(price.input_per_mtok, *_cache_rates(price))
+    return (prompt_tokens * prompt_rate + output_tokens * price.output_per_mtok) / PER
+
+
+def _cache_rates(price: Price) -> tuple[float, float]:
+    """(cache read, cache write) per million tokens: their own rates, else the input rate."""
+    read = price.input_per_mtok if price.cache_read_per_mtok is None else price.cache_read_per_mtok
+    write = (
+        price.input_per_mtok if price.cache_write_per_mtok is None else price.cache_write_per_mtok
+    )
+    return read, write
