@@ -30,6 +30,7 @@ from modelpool.dashboard import DashboardApi
 from modelpool.dispatch import Dispatcher
 from modelpool.drain import Drain, drain_middleware
 from modelpool.health import HealthChecker
+from modelpool.http_server import LIMITS, ProxyRunner
 from modelpool.listeners import ADMIN_SOCKETS, admin_gate, start_admin_listener
 from modelpool.logs import flush_logs
 from modelpool.mcp_lazy import LazyMcp
@@ -107,7 +108,7 @@ def build_app(
         *([admin_gate] if config.server.admin_listen is not None else []),
         drain_middleware(drain),
     ]
-    app = web.Application(middlewares=middlewares, handler_args={"max_field_size": 16384})
+    app = web.Application(middlewares=middlewares, handler_args=LIMITS)
     app.on_response_prepare.append(add_request_id)
     app[HOLDER] = holder
     app[REGISTRY] = registry
@@ -251,7 +252,7 @@ async def serve(config: Config, host: str, port: int) -> int:
     """
     notifier = Notifier.from_environ()
     app = build_app(config, watch=True, health=True, gate=child_gate)
-    runner = web.AppRunner(
+    runner = ProxyRunner(
         app,
         handler_cancellation=True,
         access_log=None,  # modelpool's own access log (access.py) replaces aiohttp's

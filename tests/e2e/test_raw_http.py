@@ -128,10 +128,13 @@ def test_oversized_header_is_refused_and_the_daemon_keeps_serving(daemon: Daemon
     assert url.hostname is not None
     huge = http.client.HTTPConnection(url.hostname, url.port, timeout=10)
     try:
-        status, _, _ = request(huge, "POST", CHAT, GOOD_CHAT, {"X-Huge": "a" * 20 * 1024})
+        status, headers, data = request(huge, "POST", CHAT, GOOD_CHAT, {"X-Huge": "a" * 20 * 1024})
     finally:
         huge.close()
-    assert status == 400
+    assert (status, headers["content-type"]) == (431, "application/json")
+    body = json.loads(data)  # read by both SDKs: Anthropic's envelope, OpenAI's error fields
+    assert body["type"] == "error"
+    assert body["error"]["code"] == "request_header_too_large"
 
     fresh = http.client.HTTPConnection(url.hostname, url.port, timeout=10)
     try:

@@ -102,7 +102,7 @@ class Seen:
         self.text: list[str] = []
 
     def call(self, method: str, path: str, body: object = None, key: str | None = None,
-             admin: bool = False) -> int:  # fmt: skip
+             admin: bool = False, raw: bytes | None = None) -> int:  # fmt: skip
         host = self.daemon.url.removeprefix("http://")
         connection = http.client.HTTPConnection(host, timeout=10)
         headers = {"Content-Type": "application/json"}
@@ -110,7 +110,8 @@ class Seen:
             headers["Authorization"] = f"Bearer {key}"
         if admin:
             headers["Authorization"] = f"Bearer {ADMIN_TOKEN}"
-        connection.request(method, path, json.dumps(body) if body is not None else None, headers)
+        data = raw if raw is not None else json.dumps(body) if body is not None else None
+        connection.request(method, path, data, headers)
         response = connection.getresponse()
         self.text.append(str(response.getheaders()))
         self.text.append(response.read().decode("utf-8", "replace"))
@@ -140,6 +141,10 @@ def test_no_canary_secret_appears_anywhere(fakes: ThreadedFakes, tmp_path: Path)
         assert seen.call("POST", "/v1/messages", message, WRONG_KEY) == 401
         assert seen.call("POST", "/v1/chat/completions", chat(model="nope"), CLIENT_KEY) == 404
         assert seen.call("POST", "/v1/chat/completions", {"bad": 1}, CLIENT_KEY) == 400
+        assert seen.call("POST", "/v1/chat/completions", raw=b"{oops", key=CLIENT_KEY) == 400
+        padded = CLIENT_KEY + "x" * 20_000  # a head aiohttp refuses before any handler
+        assert seen.call("POST", "/v1/chat/completions", chat(), padded) == 431
+        assert seen.call("POST", "/v1/messages", message, WRONG_KEY + "x" * 20_000) == 431
         assert seen.call("GET", "/v1/models", key=CLIENT_KEY) == 200
         for path in ("/admin/status", "/admin/config", "/admin/usage", "/metrics"):
             assert seen.call("GET", path, admin=True) == 200, path

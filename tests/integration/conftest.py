@@ -1,7 +1,7 @@
 """Fixtures: fake upstreams, and the real app served on 127.0.0.1 in-process.
 
 The daemon under test is ``build_app(load_config(path))`` served by an
-``AppRunner`` with ``handler_cancellation=True``, as ``modelpool run`` does,
+``ProxyRunner`` with ``handler_cancellation=True``, as ``modelpool run`` does,
 so a client that disconnects cancels its handler here too. Configs are real
 YAML files written to ``tmp_path`` and loaded by the real loader.
 """
@@ -22,6 +22,7 @@ from proxy_harness import Daemon, StartDaemon, StartFake, single_pool_config
 
 from modelpool.app import build_app
 from modelpool.config.load import load_config
+from modelpool.http_server import ProxyRunner
 
 
 @pytest.fixture
@@ -66,7 +67,7 @@ async def start_daemon(tmp_path: Path) -> AsyncIterator[StartDaemon]:
         path = tmp_path / f"pools-{len(cleanups)}.yaml"
         path.write_text(yaml.safe_dump(config, sort_keys=False))
         app = build_app(load_config(path, env={}))
-        runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+        runner = ProxyRunner(app, handler_cancellation=True, access_log=None)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", 0).start()
         port = runner.addresses[0][1]

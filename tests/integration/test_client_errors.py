@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
+import orjson
 import pytest
 from aiohttp import web
 from fake_upstream import FakeUpstream
-from proxy_harness import Daemon, StartDaemon, chat, raw_request, single_pool_config
+from proxy_harness import Daemon, StartDaemon, chat, hang_up, raw_request, single_pool_config
 
 from modelpool.api_errors import error_middleware
 
@@ -135,6 +138,56 @@ async def test_wrong_method_is_405_json_with_allow(daemon: Daemon) -> None:
     async with daemon.http.post("/v1/models", json={}) as response:
         await expect_error(response, 405)
         assert "GET" in response.headers["Allow"]
+
+
+CANARY_KEY = "sk-canary-in-a-header-0123456789"
+
+
+async def unparsed(port: int, *, path: str = "/v1/chat/completions", **headers: str) -> Any:
+    """(status, content type, JSON body) for a request whose head aiohttp cannot accept."""
+    reader, writer = await raw_request(port, "POST", path, b"{}", headers)
+    try:
+        head, _, body = (await reader.read()).partition(b"\r\n\r\n")
+    finally:
+        await hang_up(writer)
+    status = int(head.split(b" ", 2)[1])
+    fields = dict(line.split(b": ", 1) for line in head.split(b"\r\n")[1:])
+    return status, fields[b"Content-Type"], orjson.loads(body)
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Authorization": f"Bearer {CANARY_KEY}" + "x" * 20_000},
+        {f"X-Filler-{i}": CANARY_KEY for i in range(200)},
+    ],
+    ids=["one-huge-header", "too-many-headers"],
+)
+async def test_an_oversized_head_is_a_431_in_json_that_repeats_nothing(
+    daemon: Daemon, fake: FakeUpstream, caplog: pytest.LogCaptureFixture, headers: dict[str, str]
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    status, content_type, body = await unparsed(daemon.port, **headers)
+
+    assert (status, content_type) == (431, b"application/json")
+    assert body["type"] == "error"  # Anthropic's envelope ...
+    assert body["error"]["code"] == "request_header_too_large"  # ... with OpenAI's fields
+    assert set(body["error"]) == {"type", "message", "param", "code"}
+    assert CANARY_KEY not in orjson.dumps(body).decode()
+    assert all(CANARY_KEY not in r.getMessage() and not r.exc_info for r in caplog.records)
+    assert any(getattr(r, "why", None) == "request_header_too_large" for r in caplog.records)
+    assert fake.requests == []
+
+
+async def test_a_request_that_is_not_http_is_a_400_in_json(daemon: Daemon) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", daemon.port)
+    writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: nope\r\n\r\n")
+    try:
+        head, _, body = (await reader.read()).partition(b"\r\n\r\n")
+    finally:
+        await hang_up(writer)
+    assert head.split(b" ", 2)[1] == b"400"
+    assert orjson.loads(body)["error"]["code"] == "bad_request"
 
 
 async def test_daemon_keeps_serving_after_bad_input(small: Daemon, fake: FakeUpstream) -> None:
