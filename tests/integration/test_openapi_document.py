@@ -249,6 +249,13 @@ async def test_unknown_paths_and_methods_as_documented(daemon: Daemon) -> None:
         await conforms(response, resolved(DOCUMENT["components"]["responses"]["UnknownPath"]))
 
 
+async def test_an_unreadable_request_is_answered_as_documented(daemon: Daemon) -> None:
+    huge = {"X-Filler": "x" * 20_000}
+    async with daemon.http.post("/v1/messages", json={}, headers=huge) as response:
+        assert response.status == 431
+        await conforms(response, resolved(DOCUMENT["components"]["responses"]["UnreadableRequest"]))
+
+
 # --------------------------------------------------------------------- budgets and limits
 
 
