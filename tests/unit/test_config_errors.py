@@ -829,6 +829,60 @@ def test_loopback_or_keyed_listen_is_accepted(tmp_path: Path, listen: str, clien
     assert load_config(name, env={}).server.port == 8787
 
 
+def _admin_config(admin_listen: str, token: str = "") -> str:
+    return _listen_config("127.0.0.1:8787").replace(
+        "server:\n", f"server:\n  admin_listen: '{admin_listen}'\n{token}", 1
+    )
+
+
+@pytest.mark.parametrize(
+    ("admin_listen", "host"),
+    [
+        ("0.0.0.0:9100", "0.0.0.0"),
+        ("[::]:9100", "::"),
+        ("192.168.1.20:9100", "192.168.1.20"),
+        ("admin.example.com:9100", "admin.example.com"),
+    ],
+)
+def test_non_loopback_admin_listen_without_admin_token_is_refused(
+    tmp_path: Path, admin_listen: str, host: str
+) -> None:
+    """Line 3 is `admin_listen`; the proxy's own listen (line 4) is loopback and fine."""
+    assert errors(tmp_path, _admin_config(admin_listen)) == [
+        f"pools.yaml:3 server.admin_listen: refusing to serve admin endpoints on"
+        f" non-loopback {host!r} without admin_token"
+    ]
+
+
+def test_the_admin_listen_refusal_is_reported_with_other_errors(tmp_path: Path) -> None:
+    text = _admin_config("0.0.0.0:9100").replace("127.0.0.1:8787", "0.0.0.0:8787")
+    assert errors(tmp_path, text) == [
+        "pools.yaml:3 server.admin_listen: refusing to serve admin endpoints on"
+        " non-loopback '0.0.0.0' without admin_token",
+        "pools.yaml:4 server.listen: refusing to listen on non-loopback '0.0.0.0'"
+        " without `clients` (keys) configured",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("admin_listen", "token"),
+    [
+        ("127.0.0.1:9100", ""),
+        ("localhost:9100", ""),
+        ("[::1]:9100", ""),
+        ("unix:/run/modelpool/admin.sock", ""),
+        ("0.0.0.0:9100", "  admin_token: ${env:ADMIN_TOKEN}\n"),
+    ],
+)
+def test_loopback_unix_or_token_guarded_admin_listen_is_accepted(
+    tmp_path: Path, admin_listen: str, token: str
+) -> None:
+    name = write_config(tmp_path, _admin_config(admin_listen, token))
+    config = load_config(name, env={"ADMIN_TOKEN": "t" * 32})
+    assert config.server.admin_listen == admin_listen
+    assert (config.server.admin_token is not None) == bool(token)
+
+
 def test_timeout_longer_than_total(tmp_path: Path) -> None:
     text = """\
         version: 1
