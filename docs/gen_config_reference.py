@@ -39,13 +39,18 @@ def resolve(schema: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
     return node
 
 
-NAMED_TYPES = {"duration", "size", "name", "usd", "positiveInt"}
+NAMED_TYPES = {"duration", "positiveDuration", "size", "name", "usd", "positiveInt"}
 
 
 def type_of(schema: dict[str, Any], node: dict[str, Any]) -> str:
     target = node.get("$ref", "").removeprefix("#/$defs/")
     if target in NAMED_TYPES:
-        return {"usd": "number (USD)", "positiveInt": "integer ≥ 1"}.get(target, target)
+        named = {
+            "usd": "number (USD)",
+            "positiveInt": "integer ≥ 1",
+            "positiveDuration": "duration > 0",
+        }
+        return named.get(target, target)
     node = resolve(schema, node)
     if "enum" in node:
         return " \\| ".join(f"`{v}`" for v in node["enum"])

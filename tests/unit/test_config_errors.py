@@ -932,6 +932,76 @@ def test_default_max_tokens_above_tpm(tmp_path: Path) -> None:
     ]
 
 
+def _usage_config(usage: str, budget: str = "") -> str:
+    return (
+        "version: 1\n"
+        "providers:\n"
+        "  mock: {type: mock}\n"
+        "models:\n"
+        "  m: {provider: mock}\n"
+        "pools:\n"
+        f"  p: {{members: [m]{budget}}}\n"
+        "usage:\n"
+        f"{usage}"
+    )
+
+
+@pytest.mark.parametrize("zero", ["0s", "0ms", "0.0s", 0])
+def test_a_zero_flush_interval_is_refused(tmp_path: Path, zero: str | int) -> None:
+    """The flusher would spin: sleep 0, flush nothing, again."""
+    assert errors(tmp_path, _usage_config(f"  flush_interval: {zero}\n")) == [
+        f"pools.yaml:9 usage.flush_interval: invalid value {zero!r}: expected a duration above"
+        " zero: 250ms, 10s, 5m, 1h, or a number of seconds."
+    ]
+
+
+@pytest.mark.parametrize(
+    ("retention", "budget", "error"),
+    [
+        ("720h", ", budget: {usd_per_month: 100}",
+         "retention (720h) is shorter than the period of pools.p.budget.usd_per_month: that spend"
+         " would be forgotten at a restart; keep at least 744h (31 days)"),
+        ("86399", ", budget: {usd_per_day: 5, tokens_per_month: 9}",
+         "retention (86399) is shorter than the period of pools.p.budget.tokens_per_month: that"
+         " spend would be forgotten at a restart; keep at least 744h (31 days)"),
+        ("23h", ", budget: {tokens_per_day: 1000}",
+         "retention (23h) is shorter than the period of pools.p.budget.tokens_per_day: that spend"
+         " would be forgotten at a restart; keep at least 24h (one day)"),
+    ],
+)  # fmt: skip
+def test_retention_shorter_than_a_budget_period_is_refused(
+    tmp_path: Path, retention: str, budget: str, error: str
+) -> None:
+    """Meters restart from the history the store kept: a shorter one hands spend back."""
+    text = _usage_config(f"  retention: {retention}\n", budget)
+    assert errors(tmp_path, text) == [f"pools.yaml:9 usage.retention: {error}"]
+
+
+def test_a_clients_monthly_budget_needs_a_month_of_history(tmp_path: Path) -> None:
+    clients = f"clients:\n  a: {{key_sha256: '{KEY_A}', budget: {{usd_per_month: 10}}}}\n"
+    text = _usage_config("  retention: 720h\n") + clients
+    assert errors(tmp_path, text) == [
+        "pools.yaml:9 usage.retention: retention (720h) is shorter than the period of"
+        " clients.a.budget.usd_per_month: that spend would be forgotten at a restart;"
+        " keep at least 744h (31 days)"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("retention", "budget"),
+    [
+        ("744h", ", budget: {usd_per_month: 100}"),
+        ("24h", ", budget: {usd_per_day: 5}"),
+        ("1h", ""),  # no budget: history is only for reports
+    ],
+)
+def test_retention_covering_every_budget_period_is_accepted(
+    tmp_path: Path, retention: str, budget: str
+) -> None:
+    name = write_config(tmp_path, _usage_config(f"  retention: {retention}\n", budget))
+    assert load_config(name, env={}).usage.retention > 0
+
+
 # --------------------------------------------------------------------------- all at once
 
 

@@ -10,7 +10,7 @@ import yaml
 from jsonschema import Draft202012Validator
 
 from modelpool.cli import main
-from modelpool.config.units import DURATION_PATTERN, SIZE_PATTERN
+from modelpool.config.units import DURATION_PATTERN, POSITIVE_DURATION_PATTERN, SIZE_PATTERN
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_FILE = ROOT / "schemas" / "pools.schema.json"
@@ -43,4 +43,5 @@ def test_schema_units_match_the_parsers() -> None:
     """The schema's duration and size grammar is the one config/units.py parses."""
     defs = json.loads(SCHEMA_FILE.read_text("utf-8"))["$defs"]
     assert defs["duration"]["oneOf"][1]["pattern"] == DURATION_PATTERN
+    assert defs["positiveDuration"]["oneOf"][1]["pattern"] == POSITIVE_DURATION_PATTERN
     assert defs["size"]["oneOf"][1]["pattern"] == SIZE_PATTERN

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from modelpool.config.units import (
     DURATION_PATTERN,
+    POSITIVE_DURATION_PATTERN,
     SIZE_PATTERN,
     format_duration,
     parse_duration,
@@ -78,6 +79,18 @@ def test_format_then_parse_duration_round_trips(ms: int) -> None:
     text = format_duration(seconds)
     assert re.fullmatch(DURATION_PATTERN, text), text  # what `check` prints is valid config
     assert math.isclose(parse_duration(text), seconds, rel_tol=1e-12, abs_tol=1e-12)
+
+
+@given(st.from_regex(r"\A0{0,3}[0-9]{1,4}(\.[0-9]{1,4})?(ms|s|m|h)\Z"))
+def test_the_positive_duration_grammar_is_exactly_the_durations_above_zero(text: str) -> None:
+    number = Decimal(text.rstrip("hms"))
+    assert bool(re.fullmatch(POSITIVE_DURATION_PATTERN, text)) == (number > 0), text
+
+
+@pytest.mark.parametrize("zero", ["0s", "0ms", "00.000h", "0.0m"])
+def test_zero_is_no_positive_duration(zero: str) -> None:
+    assert re.fullmatch(DURATION_PATTERN, zero)
+    assert not re.fullmatch(POSITIVE_DURATION_PATTERN, zero)
 
 
 @given(spelled(sorted(DURATION_UNITS)))

@@ -11,9 +11,9 @@ import ipaddress
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from modelpool.config.source import Document, Path
+from modelpool.config.source import Document, Path, format_path
 from modelpool.config.spec import parse_listen
-from modelpool.config.units import parse_duration
+from modelpool.config.units import format_duration, parse_duration
 from modelpool.errors import ConfigIssue
 
 Check = Callable[[Document, Mapping[str, Any]], Iterator[tuple[Path, str]]]
@@ -224,6 +224,49 @@ def _limits(doc: Document, data: Mapping[str, Any]) -> Iterator[tuple[Path, str]
             yield ("models", name, "max_output_tokens"), message
 
 
+BUDGET_SPANS = {
+    "usd_per_month": 31 * 86400.0,
+    "tokens_per_month": 31 * 86400.0,
+    "usd_per_day": 86400.0,
+    "tokens_per_day": 86400.0,
+}
+"""How far back the usage store must reach for a budget's meter to restart exactly."""
+
+
+def _retention(doc: Document, data: Mapping[str, Any]) -> Iterator[tuple[Path, str]]:
+    """History kept at least as long as the longest budget period.
+
+    A budget's meter starts, at each start of the daemon, from what the store
+    still holds for the current period: a shorter retention silently forgets
+    spend and hands the budget back.
+    """
+    usage = data.get("usage", {})
+    if "retention" not in usage or usage.get("store") == "none":
+        return
+    retention = parse_duration(usage["retention"])
+    caps = [(("clients", n), c.get("budget", {})) for n, c in data.get("clients", {}).items()]
+    caps += [(("pools", n), p.get("budget", {})) for n, p in data["pools"].items()]
+    needed = [
+        (BUDGET_SPANS[key], (*where, "budget", key))
+        for where, budget in caps
+        for key in BUDGET_SPANS
+        if key in budget
+    ]
+    span, path = max(needed, key=lambda pair: pair[0], default=(0.0, ()))
+    if retention < span:
+        message = (
+            f"retention ({usage['retention']}) is shorter than the period of "
+            f"{format_path(path)}: that spend would be forgotten at a restart; "
+            f"keep at least {format_duration(span)} ({_days(span)})"
+        )
+        yield ("usage", "retention"), message
+
+
+def _days(seconds: float) -> str:
+    days = seconds / 86400
+    return "one day" if days == 1 else f"{days:g} days"
+
+
 def _health(doc: Document, data: Mapping[str, Any]) -> Iterator[tuple[Path, str]]:
     """Completion probes that could never run, and a provider probe with nothing to probe."""
     providers = data["providers"]
@@ -271,5 +314,6 @@ CHECKS: tuple[Check, ...] = (
     _admin_listen,
     _ordered_durations,
     _limits,
+    _retention,
     _health,
 )

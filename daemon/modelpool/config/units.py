@@ -22,6 +22,8 @@ _SIZE_UNITS = {
 
 # The same grammar, as JSON Schema patterns (kept next to the parsers on purpose).
 DURATION_PATTERN = r"^\d+(\.\d+)?(ms|s|m|h)$"
+POSITIVE_DURATION_PATTERN = r"^(\d*[1-9]\d*(\.\d+)?|\d+\.\d*[1-9]\d*)(ms|s|m|h)$"
+"""The same, above zero: a non-zero digit before the point, or after it."""
 SIZE_PATTERN = r"^\d+(\.\d+)?(B|KB|MB|GB|KiB|MiB|GiB)$"
 
 
