@@ -8,9 +8,10 @@ member of the config, then — with no reload of the page — show the breaker
 of the member whose upstream starts failing as open within a few seconds,
 and a config reload (generation, the new pool, the diff). Opened without the
 token, it asks for it.
-Screenshots (laptop and phone widths) are kept in the test's tmp_path; with
-``MODELPOOL_UPDATE_SCREENSHOT=1`` the laptop one is also copied to
-docs/dashboard.png for the README.
+Screenshots (laptop and phone widths) are the test's artifacts, kept in
+``test-artifacts/`` at the repository's top (or ``$MODELPOOL_ARTIFACTS``) after
+the run; with ``MODELPOOL_UPDATE_SCREENSHOT=1`` the laptop one is also copied
+to docs/dashboard.png for the README.
 """
 
 from __future__ import annotations
@@ -84,6 +85,13 @@ def fakes() -> Iterator[ThreadedFakes]:
         yield started
     finally:
         started.close()
+
+
+def artifacts() -> Path:
+    """Where this run's screenshots are kept for people to look at afterwards."""
+    where = Path(os.environ.get("MODELPOOL_ARTIFACTS") or REPO / "test-artifacts")
+    where.mkdir(parents=True, exist_ok=True)
+    return where
 
 
 @pytest.fixture
@@ -175,14 +183,15 @@ async def test_the_dashboard_shows_pools_members_and_a_breaker_opening_live(
             assert secret not in html
         assert await page.evaluate("location.hash") == "", "the token stays in the address bar"
 
-        laptop = await page.screenshot(tmp_path / "dashboard.png")
+        shots = artifacts()
+        laptop = await page.screenshot(shots / "dashboard.png")
         await page.viewport(390, 844, mobile=True)
         await asyncio.sleep(2.2)  # the next poll redraws the charts at phone width
         overflow = await page.evaluate(
             "document.documentElement.scrollWidth - document.documentElement.clientWidth"
         )
         assert overflow <= 0, f"the page is {overflow}px wider than a phone"
-        await page.screenshot(tmp_path / "dashboard-phone.png")
+        await page.screenshot(shots / "dashboard-phone.png")
         assert page.errors == []
 
         # A new tab without the token: the page asks for it, then shows the data.
@@ -196,6 +205,6 @@ async def test_the_dashboard_shows_pools_members_and_a_breaker_opening_live(
         await page.wait_for("!!document.querySelector('[data-pool=\"main\"]')", 5.0, "data")
         assert len(page.errors) == 1  # the browser logs the one 401 that asked for the token
         assert "401" in page.errors[0]
-    print(f"\nbreaker shown open {shown_after:.2f}s after the failing traffic; shots in {tmp_path}")
+    print(f"\nbreaker shown open {shown_after:.2f}s after the failing traffic; shots in {shots}")
     if os.environ.get("MODELPOOL_UPDATE_SCREENSHOT") == "1":
         shutil.copyfile(laptop, REPO / "docs" / "dashboard.png")
