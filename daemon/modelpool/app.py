@@ -41,6 +41,7 @@ from modelpool.state import StateRegistry
 from modelpool.table import TableHolder
 from modelpool.upstream import Transports
 from modelpool.usage.accounting import Accountant
+from modelpool.usage.pricing import unpriced, warn_unpriced
 from modelpool.usage.store import open_store
 
 if TYPE_CHECKING:
@@ -226,12 +227,7 @@ async def _usage_store(app: web.Application) -> AsyncIterator[None]:
 
 
 def _warn_about_accounting(config: Config) -> None:
-    for name, model in config.models.items():
-        if model.price is None and config.providers[model.provider].type != "mock":
-            log.warning(
-                "model has no price: its requests are counted as cost_unknown, not $0",
-                extra={"model": name},
-            )
+    warn_unpriced(unpriced(config))
     budgets = [c.budget for c in config.clients.values()]
     budgets += [p.budget for p in config.pools.values()]
     if config.usage.store == "none" and any(not b.empty for b in budgets):

@@ -33,6 +33,7 @@ from modelpool.metrics import Metrics
 from modelpool.state import StateRegistry
 from modelpool.table import RoutingTable, TableHolder
 from modelpool.upstream import Transports
+from modelpool.usage.pricing import unpriced, warn_unpriced
 
 log = logging.getLogger("modelpool.reload")
 
@@ -154,6 +155,7 @@ class Reloader:
         )
         if diff.restart_needed:
             log.warning("config changes that need a restart: %s", ", ".join(diff.restart_needed))
+        warn_unpriced(unpriced(new.config) - unpriced(old.config))
         return ReloadOutcome(
             "applied",
             trigger,

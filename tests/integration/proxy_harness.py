@@ -6,13 +6,15 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
+import yaml
 from aiohttp import web
 from fake_upstream import FakeUpstream
 
-from modelpool.app import REGISTRY
+from modelpool.app import REGISTRY, RELOADER
 
 API_KEY = "sk-test-integration-0123456789"
 
@@ -42,6 +44,14 @@ class Daemon:
                 return
             await asyncio.sleep(0.01)
         raise AssertionError(f"{self.in_flight()} request(s) still in flight after {within}s")
+
+    async def reload(self, config: dict[str, Any]) -> dict[str, Any]:
+        """Write ``config`` over the file the daemon serves and reload it; the outcome."""
+        path = Path(self.app[RELOADER].path)
+        await asyncio.to_thread(path.write_text, yaml.safe_dump(config, sort_keys=False))
+        async with self.http.post("/admin/reload") as response:
+            outcome: dict[str, Any] = await response.json()
+            return outcome
 
 
 StartDaemon = Callable[[dict[str, Any]], Awaitable[Daemon]]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -213,6 +214,46 @@ async def test_a_model_without_a_price_is_cost_unknown_not_free(
     assert (got.cost_unknown, got.cost_usd, got.output_tokens) == (1, 0.0, 345)
     metrics = await (await daemon.http.get("/metrics")).text()
     assert 'modelpool_cost_unknown_requests_total{client="-",model="m",pool="p"} 1.0' in metrics
+
+
+UNPRICED = "model has no price: its requests are counted as cost_unknown, not $0"
+
+
+def unpriced_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [getattr(r, "model", "") for r in caplog.records if r.getMessage() == UNPRICED]
+
+
+def with_models(cfg: dict[str, Any], **prices: dict[str, float] | None) -> dict[str, Any]:
+    """``cfg`` plus a model per keyword on the same provider, priced or (None) not."""
+    for name, price in prices.items():
+        cfg["models"][name] = {"provider": "up", "upstream_model": f"up-{name}"}
+        if price is not None:
+            cfg["models"][name]["price"] = price
+    return cfg
+
+
+async def test_a_model_without_a_price_is_warned_about_at_startup(
+    start_daemon: StartDaemon, fake: FakeUpstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = with_models(config("openai", fake.base_url), free=None, also_free=None, paid=PRICE)
+    cfg["providers"]["mock"] = {"type": "mock"}
+    cfg["models"]["mocked"] = {"provider": "mock"}  # the mock costs nothing: no warning
+    caplog.set_level(logging.WARNING)
+    await start_daemon(cfg)
+    assert unpriced_warnings(caplog) == ["also_free", "free"]
+
+
+async def test_a_reload_that_adds_a_model_without_a_price_warns_about_it_alone(
+    start_daemon: StartDaemon, fake: FakeUpstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = with_models(config("openai", fake.base_url), free=None, paid=PRICE)
+    daemon = await start_daemon(cfg)
+    caplog.clear()
+    caplog.set_level(logging.WARNING)
+    cfg = with_models(cfg, new_free=None)
+    del cfg["models"]["paid"]["price"]  # a model that lost its price is news too
+    assert (await daemon.reload(cfg))["result"] == "applied"
+    assert unpriced_warnings(caplog) == ["new_free", "paid"]  # not `free` again
 
 
 # --------------------------------------------------------------- budgets

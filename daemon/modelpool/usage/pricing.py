@@ -8,8 +8,13 @@ model declares them, else at the input rate.
 
 from __future__ import annotations
 
-from modelpool.config.spec import Price
+import logging
+from collections.abc import Iterable
+
+from modelpool.config.spec import Config, Price
 from modelpool.providers.translate.usage import Usage
+
+log = logging.getLogger("modelpool.usage")
 
 PER = 1_000_000
 
@@ -47,3 +52,21 @@ def _cache_rates(price: Price) -> tuple[float, float]:
         price.input_per_mtok if price.cache_write_per_mtok is None else price.cache_write_per_mtok
     )
     return read, write
+
+
+def unpriced(config: Config) -> frozenset[str]:
+    """Models whose requests are counted as cost_unknown: no price (the mock is free)."""
+    return frozenset(
+        name
+        for name, model in config.models.items()
+        if model.price is None and config.providers[model.provider].type != "mock"
+    )
+
+
+def warn_unpriced(models: Iterable[str]) -> None:
+    """Say so for each model counted as cost_unknown: never a silent $0."""
+    for name in sorted(models):
+        log.warning(
+            "model has no price: its requests are counted as cost_unknown, not $0",
+            extra={"model": name},
+        )
