@@ -24,13 +24,20 @@ import socket
 import ssl
 from collections import deque
 from collections.abc import Mapping
-from typing import NamedTuple, cast
+from typing import NamedTuple, NoReturn, cast
 from urllib.parse import urlsplit
 
 import httptools
 
 BUFFER_HIGH = 256 * 1024
 """Stop reading from an upstream while this much body waits for its consumer."""
+
+MAX_HEAD_BYTES = 64 * 1024
+"""The most bytes a response head may take: status line and headers, and any 1xx
+interim responses before it. Providers send a few KiB; llhttp itself has no limit."""
+
+MAX_HEADERS = 256
+"""The most header lines one response may carry (providers send a few dozen)."""
 
 
 class HttpError(Exception):
@@ -141,6 +148,8 @@ class Response:
         "_deadline",
         "_error",
         "_framed",
+        "_head_bytes",
+        "_header_bytes",
         "_informational",
         "_keep_alive",
         "_loop",
@@ -163,6 +172,10 @@ class Response:
         self._keep_alive = False
         self._framed = False
         self._informational = False
+        self._head_bytes = 0
+        """Bytes received while the head was still incomplete."""
+        self._header_bytes = 0
+        """Bytes of the header names and values parsed so far."""
         self._error: HttpError | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -252,8 +265,17 @@ class Response:
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
-            self._fail(Malformed(f"malformed response from the upstream: {exc}"))
-            self._connection.abort()
+            self._malformed(str(exc))
+            return
+        if not self.status:  # all of ``data`` was head: llhttp buffers a header line whole
+            self._head_bytes += len(data)
+            if self._head_bytes > MAX_HEAD_BYTES:
+                self._malformed(f"response head larger than {MAX_HEAD_BYTES} bytes")
+
+    def _malformed(self, why: str) -> None:
+        """Fail with ``why`` (the first reason given stays) and stop reading at once."""
+        self._fail(Malformed(f"malformed response from the upstream: {why}"))
+        self._connection.abort()
 
     def lost(self) -> None:
         """The connection closed: a body without length ends here, anything else broke."""
@@ -281,10 +303,19 @@ class Response:
         self.reason = reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_bytes += len(name) + len(value)
+        if len(self.headers) >= MAX_HEADERS:
+            self._refuse_head(f"more than {MAX_HEADERS} headers")
+        if self._header_bytes > MAX_HEAD_BYTES:
+            self._refuse_head(f"response head larger than {MAX_HEAD_BYTES} bytes")
         self.headers.append((name, value))
         lower = name.lower()
         if lower == b"content-length" or lower == b"transfer-encoding":
             self._framed = True
+
+    def _refuse_head(self, why: str) -> NoReturn:
+        self._malformed(why)
+        raise Malformed(why)  # stops the parser; the reason given first is the one kept
 
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()

@@ -12,6 +12,8 @@ import asyncio
 import contextlib
 import socket
 import struct
+import time
+import tracemalloc
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
@@ -617,6 +619,155 @@ async def test_malformed_bytes_through_upstream(serve: Start) -> None:
     transport.close()
 
 
+# --------------------------------------------------------------------------- oversized heads
+
+FLOOD_PIECE = 64 * 1024
+FLOOD_PIECES = 256
+"""A flooding upstream offers 16 MiB of head, 256 times what a client accepts."""
+
+
+def head_lines(count: int, value: bytes = b"v", start: int = 0) -> bytes:
+    return b"".join(b"x-filler-%06d: %s\r\n" % (start + i, value) for i in range(count))
+
+
+def many_headers(i: int) -> bytes:
+    """Piece ``i`` of a head that never ends: ~2,700 short header lines."""
+    line = len(head_lines(1))
+    return head_lines(FLOOD_PIECE // line, start=i * (FLOOD_PIECE // line))
+
+
+def one_endless_header(i: int) -> bytes:
+    """Piece ``i`` of a single header whose value never ends."""
+    return b"x-huge: " + b"a" * (FLOOD_PIECE - 8) if i == 0 else b"a" * FLOOD_PIECE
+
+
+class Flood:
+    """An upstream answering with ``first``, then head bytes as fast as the client reads
+    them (a bounded loop); records what it wrote and whether it was cut off."""
+
+    def __init__(
+        self, piece: Callable[[int], bytes], first: bytes = b"HTTP/1.1 200 OK\r\n"
+    ) -> None:
+        self.piece = piece
+        self.first = first
+        self.written = 0
+        self.cut = False
+
+    async def __call__(self, peer: Peer) -> None:
+        await peer.request()
+        try:
+            await peer.send(self.first)
+            for i in range(FLOOD_PIECES):
+                piece = self.piece(i)
+                await peer.send(piece)
+                self.written += len(piece)
+        except ConnectionError:
+            self.cut = True
+            return
+        await peer.until_closed()
+
+
+async def refused_head(pool: http1.Pool) -> tuple[http1.Response, str, float, int]:
+    """Send one request and expect its head refused: the response, the error, how long
+    the refusal took and the peak of memory allocated meanwhile (server side included)."""
+    loop = asyncio.get_running_loop()
+    connection = await pool.acquire(1.0, loop.time() + 5)
+    started = time.monotonic()
+    tracing = tracemalloc.is_tracing()
+    if not tracing:
+        tracemalloc.start()
+    tracemalloc.reset_peak()
+    try:
+        head = http1.request_head(
+            "GET", http1.target(f"http://{HOST}:{pool.origin.port}/"), {}, None
+        )
+        response = connection.send(head, None, loop)
+        with pytest.raises(http1.Malformed) as caught:
+            await response.head(loop.time() + 4, "first_byte")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        if not tracing:
+            tracemalloc.stop()
+    response.release()
+    return response, str(caught.value), time.monotonic() - started, peak
+
+
+@pytest.mark.parametrize("piece", [many_headers, one_endless_header], ids=["many", "one"])
+async def test_an_endless_head_is_malformed_and_stops_being_read(
+    serve: Start, piece: Callable[[int], bytes]
+) -> None:
+    flood = Flood(piece)
+    server = await serve(flood)
+    pool = http1.Pool(server.origin, 1)
+    response, error, took, peak = await refused_head(pool)
+    assert error.startswith("malformed response from the upstream: ")
+    assert error.endswith(
+        f"more than {http1.MAX_HEADERS} headers"
+        if piece is many_headers
+        else f"response head larger than {http1.MAX_HEAD_BYTES} bytes"
+    )
+    assert len(response.headers) <= http1.MAX_HEADERS
+    assert took < 2.0, "refused only at the first-byte deadline"
+    assert peak < 8 * 1024 * 1024, f"{peak} bytes allocated while refusing the head"
+    await server.wait_for(lambda: flood.cut)  # the connection was closed under its writes
+    assert flood.written < FLOOD_PIECE * FLOOD_PIECES
+    await server.wait_for(lambda: pool.open == 0)
+    pool.close()
+
+
+async def test_an_endless_run_of_interim_responses_is_malformed(serve: Start) -> None:
+    interim = b"HTTP/1.1 100 Continue\r\n\r\n"
+    flood = Flood(lambda i: interim * (FLOOD_PIECE // len(interim)), first=interim)
+    server = await serve(flood)
+    pool = http1.Pool(server.origin, 1)
+    _, error, took, _ = await refused_head(pool)
+    assert error.endswith(f"response head larger than {http1.MAX_HEAD_BYTES} bytes")
+    assert took < 2.0
+    await server.wait_for(lambda: flood.cut)
+    pool.close()
+
+
+async def test_a_head_at_both_limits_is_read(serve: Start) -> None:
+    """256 headers (Content-Length the last) of about 63 KiB, written in 4 KiB pieces."""
+    head = b"HTTP/1.1 200 OK\r\n" + head_lines(http1.MAX_HEADERS - 1, b"v" * 225)
+    head += b"Content-Length: 2\r\n\r\nok"
+    assert http1.MAX_HEAD_BYTES - 4096 < len(head) <= http1.MAX_HEAD_BYTES
+
+    async def script(peer: Peer) -> None:
+        await peer.request()
+        await peer.send(*(head[i : i + 4096] for i in range(0, len(head), 4096)))
+        await peer.until_closed()
+
+    server = await serve(script)
+    pool = http1.Pool(server.origin, 1)
+    response = await begin(pool)
+    assert len(response.headers) == http1.MAX_HEADERS
+    assert b"".join(await read_all(response)) == b"ok"
+    response.release()
+    pool.close()
+
+
+async def test_one_header_too_many_is_malformed(serve: Start) -> None:
+    server = await serve(replies(ok(b"ok", *["x-a: b"] * http1.MAX_HEADERS)))
+    pool = http1.Pool(server.origin, 1)
+    with pytest.raises(http1.Malformed, match=f"more than {http1.MAX_HEADERS} headers$"):
+        await begin(pool)
+    await server.wait_for(lambda: pool.open == 0)
+    pool.close()
+
+
+async def test_an_oversized_head_through_upstream_is_malformed(serve: Start) -> None:
+    flood = Flood(many_headers)
+    server = await serve(flood)
+    transport = HttpTransport(max_connections=1)
+    expected = rf"^m: malformed response from the upstream: more than {http1.MAX_HEADERS} headers$"
+    with pytest.raises(UpstreamConnectError, match=expected):
+        await transport.post(server.url(), {}, b"{}", upstream_timeouts(), "m")
+    assert transport.active == 0
+    await server.wait_for(lambda: flood.cut)
+    transport.close()
+
+
 async def test_a_disconnect_before_the_response_is_disconnected(serve: Start) -> None:
     async def script(peer: Peer) -> None:
         await peer.request()
@@ -1130,6 +1281,7 @@ UVLOOP_CASES = [
     test_a_large_body_streams_through_with_flow_control,
     test_a_large_chunked_body_arrives_intact_through_upstream,
     test_malformed_bytes_through_upstream,
+    test_an_oversized_head_through_upstream_is_malformed,
     test_a_disconnect_before_the_response_is_disconnected,
     test_a_disconnect_mid_body_through_upstream_is_a_broken_stream,
     test_a_reset_before_the_response_is_disconnected,
