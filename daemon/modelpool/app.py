@@ -255,10 +255,12 @@ async def serve(config: Config, host: str, port: int) -> int:
         shutdown_timeout=config.server.grace_period,
         keepalive_timeout=KEEPALIVE_TIMEOUT,
     )
+    app[RELOADER].listening_on([host])  # before the file watcher starts
     await runner.setup()
     site = web.TCPSite(runner, host, port, backlog=1024, reuse_address=True)
     await site.start()
     proxy_addresses = list(runner.addresses)
+    app[RELOADER].listening_on([host, *(address[0] for address in proxy_addresses)])
     if config.server.admin_listen is not None:
         # Before "listening": that line tells supervisors and tests everything is up.
         where = await start_admin_listener(runner, app, config.server.admin_listen)

@@ -27,6 +27,7 @@ import watchfiles
 from modelpool.compile import compile_table
 from modelpool.config.diff import diff_configs
 from modelpool.config.load import load_config
+from modelpool.config.semantic import check_bound
 from modelpool.config.spec import Config
 from modelpool.errors import ConfigError
 from modelpool.metrics import Metrics
@@ -89,6 +90,7 @@ class Reloader:
         self._loader = loader
         self._lock = asyncio.Lock()
         self._tried = ""
+        self._bound: tuple[str, ...] = ()
         table = holder.current
         self.loaded_at = time.time()
         self.last = ReloadOutcome(
@@ -96,6 +98,10 @@ class Reloader:
         )
         metrics.generation.set(table.generation)
         metrics.last_reload_success.set(self.loaded_at)
+
+    def listening_on(self, hosts: Iterable[str]) -> None:
+        """Where the proxy is bound: no reload may leave a non-loopback one without keys."""
+        self._bound = tuple(hosts)
 
     async def reload(self, trigger: str) -> ReloadOutcome:
         async with self._lock:
@@ -108,6 +114,7 @@ class Reloader:
         old = self._holder.current
         try:
             config = await asyncio.to_thread(self._loader, self.path)
+            check_bound(config, self._bound)
         except ConfigError as exc:
             return self._rejected(trigger, old, exc, started)
         if config.digest == old.config.digest:

@@ -250,3 +250,31 @@ def test_sighup_with_nothing_changed_logs_nothing(
     assert after["last_reload"] == before["last_reload"]
     assert reload_lines(daemon) == []
     assert daemon.process.poll() is None, "SIGHUP must not stop the daemon"
+
+
+def test_a_daemon_run_on_every_address_refuses_a_reload_without_clients(
+    config: Path, daemon_factory: DaemonFactory
+) -> None:
+    """`modelpool run --listen 0.0.0.0:…` with keys, then a file without `clients:`: the
+    reload is rejected (keys stay required), however loopback the file's own `listen` is.
+    The port is ephemeral and every request needs a key for the whole test."""
+    key_hash = "e2" * 32
+    keyed = config_text(more=f"clients:\n  a: {{key_sha256: '{key_hash}'}}\n")
+    rename_over(config, keyed)
+    daemon = daemon_factory(config, "--listen", "0.0.0.0:0")
+    assert urlsplit(daemon.url).hostname == "0.0.0.0"
+    daemon.url = daemon.url.replace("0.0.0.0", "127.0.0.1", 1)
+    assert request(daemon, "POST", "/v1/chat/completions", {"model": "p"}).status == 401
+
+    rename_over(config, config_text(more="server: {listen: '127.0.0.1:8787'}\n"))
+    wait_until(
+        lambda: status(daemon)["last_reload"]["result"] == "rejected", "the rejection", daemon
+    )
+    [error] = status(daemon)["last_reload"]["errors"]
+    assert error == (
+        f"{config} clients: refusing to remove every client while listening on non-loopback"
+        " '0.0.0.0': the daemon would run open; restart it on a loopback address to run"
+        " without keys"
+    )
+    assert status(daemon)["generation"] == 1
+    assert served_by(daemon, "p") is None  # 401: the keyed table keeps serving

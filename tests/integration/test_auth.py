@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
+from proxy_harness import Daemon, StartDaemon
 
-from modelpool.app import build_app
+from modelpool.app import RELOADER, build_app
 from modelpool.config.load import load_config
 
 KEY = "mp-test-key-agent-a"
@@ -141,3 +142,85 @@ async def test_a_bearer_token_wins_over_x_api_key(client: TestClient[Any, Any]) 
     headers = {"Authorization": f"Bearer {OTHER_KEY}", "x-api-key": KEY}
     response = await client.post("/v1/chat/completions", json=chat("cheap"), headers=headers)
     assert response.status == 200  # agent-b may use cheap; agent-a (the x-api-key) may not
+
+
+# --------------------------------------------------------------- the loopback rule across reloads
+
+
+def keyed_config(**server: str) -> dict[str, Any]:
+    """Pool ``smart`` on the mock, with client agent-a, and ``server`` settings if any."""
+    config: dict[str, Any] = {
+        "version": 1,
+        "providers": {"mock": {"type": "mock"}},
+        "models": {"m1": {"provider": "mock"}},
+        "pools": {"smart": {"members": ["m1"]}},
+        "clients": {"agent-a": {"key_sha256": hashlib.sha256(KEY.encode()).hexdigest()}},
+    }
+    return config | ({"server": server} if server else {})
+
+
+def without_clients(config: dict[str, Any], **server: str) -> dict[str, Any]:
+    return {k: v for k, v in config.items() if k != "clients"} | {"server": server}
+
+
+async def status_without_key(daemon: Daemon) -> int:
+    async with daemon.http.post("/v1/chat/completions", json=chat("smart")) as response:
+        return response.status
+
+
+@pytest.mark.parametrize(
+    ("bound", "started_with", "reloaded_with"),
+    [
+        # bound to 0.0.0.0 by the file; the reload moves `listen` to loopback (needs a restart)
+        ("0.0.0.0", {"listen": "0.0.0.0:8787"}, {"listen": "127.0.0.1:8787"}),
+        # `modelpool run --listen 0.0.0.0:…` over a file that names no address
+        ("0.0.0.0", {}, {}),
+        ("::", {}, {"listen": "[::1]:8787"}),
+        ("192.0.2.7", {}, {}),
+    ],
+)
+async def test_a_reload_cannot_open_a_daemon_bound_beyond_loopback(
+    start_daemon: StartDaemon,
+    bound: str,
+    started_with: dict[str, str],
+    reloaded_with: dict[str, str],
+) -> None:
+    config = keyed_config(**started_with)
+    daemon = await start_daemon(config)
+    # served on 127.0.0.1 here (tests stay on loopback); `modelpool run` tells the
+    # reloader where it bound exactly like this
+    daemon.app[RELOADER].listening_on([bound, "127.0.0.1"])
+    outcome = await daemon.reload(without_clients(config, **reloaded_with))
+    assert outcome["result"] == "rejected"
+    assert outcome["generation"] == 1
+    [error] = outcome["errors"]
+    assert error.endswith(
+        f"clients: refusing to remove every client while listening on non-loopback {bound!r}:"
+        " the daemon would run open; restart it on a loopback address to run without keys"
+    )
+    assert await status_without_key(daemon) == 401  # the old table, keys and all
+    async with daemon.http.get("/admin/status") as response:
+        assert (await response.json())["last_reload"]["result"] == "rejected"
+    async with daemon.http.get("/metrics") as response:
+        assert 'modelpool_config_reloads_total{result="rejected"} 1.0' in await response.text()
+
+
+async def test_a_daemon_bound_to_loopback_may_drop_its_clients(start_daemon: StartDaemon) -> None:
+    config = keyed_config()
+    daemon = await start_daemon(config)
+    daemon.app[RELOADER].listening_on(["127.0.0.1", "::1", "localhost"])
+    assert await status_without_key(daemon) == 401
+    outcome = await daemon.reload(without_clients(config))
+    assert (outcome["result"], outcome["generation"]) == ("applied", 2)
+    assert await status_without_key(daemon) == 200
+
+
+async def test_a_daemon_bound_beyond_loopback_may_change_its_clients(
+    start_daemon: StartDaemon,
+) -> None:
+    config = keyed_config()
+    daemon = await start_daemon(config)
+    daemon.app[RELOADER].listening_on(["0.0.0.0"])
+    changed = config | {"clients": {"agent-b": {"key_sha256": "b" * 64}}}
+    assert (await daemon.reload(changed))["result"] == "applied"
+    assert await status_without_key(daemon) == 401

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from modelpool.config.source import Document, Path, format_path
-from modelpool.config.spec import parse_listen
+from modelpool.config.spec import Config, parse_listen
 from modelpool.config.units import format_duration, parse_duration
-from modelpool.errors import ConfigIssue
+from modelpool.errors import ConfigError, ConfigIssue
 
 Check = Callable[[Document, Mapping[str, Any]], Iterator[tuple[Path, str]]]
 
@@ -169,6 +169,26 @@ def _admin_listen(doc: Document, data: Mapping[str, Any]) -> Iterator[tuple[Path
     if not is_loopback(host) and "admin_token" not in server:
         message = f"refusing to serve admin endpoints on non-loopback {host!r} without admin_token"
         yield ("server", "admin_listen"), message
+
+
+def check_bound(config: Config, hosts: Iterable[str]) -> None:
+    """Raise ConfigError when ``config`` would leave the daemon open on a non-loopback address.
+
+    ``server.listen`` takes effect only at a start (where ``modelpool run
+    --listen`` may override it), so a reload cannot be judged by the address its
+    file names: ``hosts`` are where the proxy is bound. Without clients every
+    one must be loopback — the rule ``_listen`` and ``modelpool run`` apply at
+    start (SPEC §7).
+    """
+    exposed = sorted({host for host in hosts if not is_loopback(host)})
+    if config.clients or not exposed:
+        return
+    message = (
+        f"refusing to remove every client while listening on non-loopback "
+        f"{', '.join(map(repr, exposed))}: the daemon would run open; restart it on a "
+        "loopback address to run without keys"
+    )
+    raise ConfigError([ConfigIssue(config.source, None, "clients", message)])
 
 
 def is_loopback(host: str) -> bool:
