@@ -4,7 +4,8 @@ Every record logged while a request is being served carries that request's
 id (``request_id``), the one its response's ``x-request-id`` header names,
 so a client's complaint leads straight to the daemon's lines about it.
 Structured fields (``extra=``) are kept in both formats: JSON keys, or
-``key=value`` after the message in text.
+``key=value`` after the message in text. A Secret among them, at any depth,
+shows as ``***``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import time
 from typing import Any
 
 import orjson
+
+from modelpool.config.secrets import REDACTED, Secret, redacted
 
 _STANDARD = frozenset(vars(logging.makeLogRecord({}))) | {"message", "request_id"}
 
@@ -55,7 +58,7 @@ class JsonFormatter(logging.Formatter):
         entry.update(_fields(record))
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
-        return orjson.dumps(entry, default=str).decode()
+        return orjson.dumps(entry, default=redacted).decode()
 
 
 class TextFormatter(logging.Formatter):
@@ -70,7 +73,9 @@ class TextFormatter(logging.Formatter):
 
 
 def _text(value: Any) -> str:
-    text = value if isinstance(value, str) else orjson.dumps(value, default=str).decode()
+    if isinstance(value, Secret):
+        return REDACTED
+    text = value if isinstance(value, str) else orjson.dumps(value, default=redacted).decode()
     return text if text and " " not in text and '"' not in text else orjson.dumps(text).decode()
 
 
@@ -112,7 +117,7 @@ class BatchedLines:
             "msg": message,
             **fields,
         }
-        self.add(orjson.dumps(entry, default=str).decode())
+        self.add(orjson.dumps(entry, default=redacted).decode())
 
     def add(self, line: str) -> None:
         self._lines.append(line)

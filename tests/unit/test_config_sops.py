@@ -7,15 +7,17 @@ values never show in reprs or in `modelpool check` output.
 
 from __future__ import annotations
 
+import json
 import textwrap
 from pathlib import Path
 
+import orjson
 import pytest
 
 from modelpool.cli import main
 from modelpool.config.load import load_config
-from modelpool.config.secrets import Secret
-from modelpool.describe import redact
+from modelpool.config.secrets import Secret, redacted
+from modelpool.describe import config_json, redact
 from modelpool.errors import ConfigError
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
@@ -103,6 +105,35 @@ def test_secrets_never_show_in_reprs(config_path: Path) -> None:
     typed = repr(config.providers) + repr(config.server)  # api keys, headers, admin token
     for value in ALL_SECRETS:
         assert value not in typed
+
+
+def test_secrets_never_show_in_json(config_path: Path) -> None:
+    """JSON has no hook an object implements: plain encoders refuse a Secret naming only
+    its type; with ``default=str`` (or the logs' ``redacted``) it is written redacted;
+    the typed specs (dataclasses orjson walks itself) and /admin/config's form hold no
+    value either."""
+    config = load_config(config_path, env={})
+    key = config.providers["openai"].api_key
+    for dumps in (json.dumps, orjson.dumps):
+        with pytest.raises(TypeError, match="Secret") as refused:
+            dumps({"auth": [key]})
+        assert OPENAI_KEY not in str(refused.value)
+    assert json.dumps(key, default=str) == orjson.dumps(key, default=str).decode()
+    assert json.dumps(key, default=str) == "\"Secret('***')\""
+    assert json.dumps([key], default=redacted) == orjson.dumps([key], default=redacted).decode()
+    assert orjson.dumps({"auth": key}, default=redacted) == b'{"auth":"***"}'
+    typed = [config.providers["anthropic"], config.server]  # api key, header, admin token
+    dumped = [
+        orjson.dumps(typed, default=str).decode(),
+        orjson.dumps(typed, default=redacted).decode(),
+        json.dumps(typed, default=str),
+        json.dumps(config_json(config)),
+        orjson.dumps(config_json(config)).decode(),
+    ]
+    assert '"api_key":"***"' in dumped[1]
+    for text in dumped:
+        for value in ALL_SECRETS:
+            assert value not in text
 
 
 def test_every_secret_is_listed_for_redaction(config_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Iterator
 
@@ -10,7 +11,8 @@ import orjson
 import pytest
 
 from modelpool import logs
-from modelpool.logs import REQUEST_ID, batched_record, setup_logging
+from modelpool.config.secrets import Secret
+from modelpool.logs import REQUEST_ID, batched_record, flush_logs, setup_logging
 
 
 class Captured:
@@ -81,3 +83,49 @@ async def test_access_lines_are_written_in_batches(captured: Captured) -> None:
     lines = [orjson.loads(line) for line in captured.getvalue().splitlines()]
     assert [(line["n"], line["request_id"]) for line in lines] == [(0, "r0"), (1, "r1"), (2, "r2")]
     assert {line["logger"] for line in lines} == {"modelpool.access"}
+
+
+CANARY = "sk-canary-logs-0123456789"
+
+
+@dataclasses.dataclass
+class Holder:
+    key: Secret
+
+
+def secret_fields() -> dict[str, object]:
+    """A Secret as a field, inside a dict, a list and a dataclass (orjson walks those)."""
+    key = Secret(CANARY)
+    return {"key": key, "headers": {"authorization": key}, "keys": [key], "holder": Holder(key)}
+
+
+def test_a_secret_in_extra_is_redacted_in_json_lines(captured: Captured) -> None:
+    setup_logging("json", "info")
+    logging.getLogger("modelpool.test").info("configured %s", Secret(CANARY), extra=secret_fields())
+    batched_record(logging.getLogger("modelpool.access"), "access", secret_fields())
+    flush_logs()
+    output = captured.getvalue()
+    assert CANARY not in output
+    for line in output.splitlines():
+        entry = orjson.loads(line)
+        assert entry["key"] == "***"
+        assert entry["headers"] == {"authorization": "***"}
+        assert entry["keys"] == ["***"]
+        assert entry["holder"] == {"key": "***"}
+    assert orjson.loads(output.splitlines()[0])["msg"] == "configured Secret('***')"
+
+
+def test_a_secret_in_extra_is_redacted_in_text_lines(captured: Captured) -> None:
+    setup_logging("text", "info")
+    logging.getLogger("modelpool.test").info("configured", extra=secret_fields())
+    batched_record(logging.getLogger("modelpool.access"), "access", secret_fields())
+    flush_logs()
+    output = captured.getvalue()
+    assert CANARY not in output
+    lines = output.splitlines()
+    assert len(lines) == 2
+    for line in lines:
+        assert (  # values with quotes are quoted themselves, as any other value
+            r'key=*** headers="{\"authorization\":\"***\"}" keys="[\"***\"]"'
+            r' holder="{\"key\":\"***\"}"'
+        ) in line

@@ -14,9 +14,18 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+REDACTED = "***"
+"""What a secret shows instead of its value: in its repr, in logs, in JSON."""
+
 
 class Secret:
-    """A credential that never shows itself in reprs, logs or dumps."""
+    """A credential that never shows itself in reprs, logs or dumps.
+
+    ``str`` and ``repr`` are redacted. JSON has no hook an object can implement:
+    ``json.dumps`` and ``orjson.dumps`` refuse a Secret with a TypeError naming only
+    its type, and with ``default=str`` (or ``default=redacted``, what the logs use)
+    write it redacted. Pickling keeps the value, for the config gate's child process.
+    """
 
     __slots__ = ("_value",)
 
@@ -33,7 +42,7 @@ class Secret:
         return hashlib.sha256(self._value.encode()).hexdigest()[:12]
 
     def __repr__(self) -> str:
-        return "Secret('***')"
+        return f"Secret({REDACTED!r})"
 
     __str__ = __repr__
 
@@ -42,6 +51,12 @@ class Secret:
 
     def __hash__(self) -> int:
         return hash(self._value)
+
+
+def redacted(value: object) -> str:
+    """``default=`` for the JSON encoders where a Secret may pass (the logs): a Secret
+    as ``"***"``, any other object the encoder does not know as its ``str``."""
+    return REDACTED if isinstance(value, Secret) else str(value)
 
 
 class SopsError(Exception):
