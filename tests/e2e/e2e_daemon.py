@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -116,11 +117,18 @@ class Daemon:
             ) from None
 
 
+TEXT_LISTENING = re.compile(r" INFO modelpool: listening url=(?P<url>\S+)")
+"""The `listening` line in `--log-format text`."""
+
+
 def listening_url(stdout_path: Path) -> str | None:
     for line in stdout_path.read_text().splitlines():
         try:
             entry = json.loads(line)
         except json.JSONDecodeError:
+            text = TEXT_LISTENING.search(line)
+            if text is not None:
+                return text["url"]
             continue
         if isinstance(entry, dict) and entry.get("msg") == "listening":
             url: str = entry["url"]
@@ -133,7 +141,7 @@ def start_daemon(
 ) -> Daemon:
     """Start `modelpool run CONFIG --listen 127.0.0.1:0` and wait until it listens.
 
-    No --log-format: the default must already be one JSON object per line.
+    No --log-format unless ``extra`` says: the default must be one JSON object per line.
     """
     log_dir.mkdir(parents=True, exist_ok=True)
     stdout_path, stderr_path = log_dir / "daemon.stdout", log_dir / "daemon.stderr"

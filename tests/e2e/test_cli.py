@@ -232,3 +232,38 @@ def test_run_answers_healthz_about_a_second_after_start_with_no_network(tmp_path
             time.sleep(0.01)
     finally:
         assert daemon.stop() == 0
+
+
+# One human line: `2025-01-31T12:00:00.123Z LEVEL logger: message key=value ...`.
+TEXT_LINE = re.compile(
+    r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (DEBUG|INFO|WARNING|ERROR|CRITICAL) [\w.]+: \S"
+)
+
+
+def test_run_with_log_format_text_writes_human_lines(tmp_path: Path) -> None:
+    """`--log-format text` overrides the JSON default for every logger, the batched
+    access log included, from start to stop; no line is JSON."""
+    daemon = start_daemon(offline_example(tmp_path), tmp_path / "log", "--log-format", "text")
+    try:
+        connection = http.client.HTTPConnection(daemon.url.removeprefix("http://"), timeout=10)
+        body = json.dumps({"model": "default", "messages": [{"role": "user", "content": "hi"}]})
+        connection.request(
+            "POST", "/v1/chat/completions", body, {"content-type": "application/json"}
+        )
+        response = connection.getresponse()
+        response.read()
+        assert response.status == 200
+        request_id = response.headers["x-request-id"]
+    finally:
+        code = daemon.stop()  # SIGTERM to this daemon's PID
+    assert code == 0, daemon.output()
+    lines = daemon.stdout_path.read_text().splitlines()
+    for line in lines:
+        assert TEXT_LINE.match(line), f"not a text log line: {line!r}\n{daemon.output()}"
+        with pytest.raises(json.JSONDecodeError):
+            json.loads(line)
+    assert any(f" INFO modelpool: listening url={daemon.url} " in line for line in lines)
+    [access] = [line for line in lines if " INFO modelpool.access: access " in line]
+    assert "method=POST path=/v1/chat/completions status=200 " in access
+    assert access.endswith(f" request_id={request_id}")
+    assert any(line.endswith(" INFO modelpool: stopping") for line in lines)
