@@ -223,3 +223,137 @@ async def test_a_requests_shared_gates_are_one_round_trip_all_or_nothing(
     await asyncio.sleep(0.1)
     assert await evalsha_calls(redis_server) - before == 3
     await take_all([tpm], 900, Lease())  # 200 used + 900 fits in 1000 only after the refund
+
+
+async def meter(redis_server: RedisServer, key: str) -> dict[str, float]:
+    """A budget meter's hash as Redis holds it now."""
+    import redis.asyncio as aioredis
+
+    async with aioredis.from_url(redis_server.url, decode_responses=True) as client:
+        fields = await client.hgetall(key)
+    return {name: float(value) for name, value in fields.items()}
+
+
+async def spend(book: SharedBudgetBook, budget: Budget, *costs: float) -> None:
+    for cost in costs:
+        (await book.reserve([("client", "a", budget)], cost, 1)).settle(cost, 1)
+    await asyncio.sleep(0.1)  # settlements are written in the background
+
+
+async def test_a_used_up_budget_still_refuses_after_redis_restarts_empty(
+    links: Links, redis_server: RedisServer
+) -> None:
+    book = SharedBudgetBook(links(), None)
+    budget = Budget(usd_per_day=1.0)
+    await spend(book, budget, 0.6, 0.6)
+    with pytest.raises(BudgetExceeded):
+        await book.reserve([("client", "a", budget)], 0.01, 1)
+    redis_server.restart()  # empty: the meter is gone, and nobody noticed an outage
+    with pytest.raises(BudgetExceeded):  # the meter came back from what this daemon knew
+        await book.reserve([("client", "a", budget)], 0.01, 1)
+    other = SharedBudgetBook(links(), None)  # a daemon that never saw the meter
+    with pytest.raises(BudgetExceeded):
+        await other.reserve([("client", "a", budget)], 0.01, 1)
+
+
+async def test_spend_settled_during_an_outage_reaches_redis_when_it_returns(
+    links: Links, redis_server: RedisServer
+) -> None:
+    link = links(timeout=0.05)
+    book, other = SharedBudgetBook(link, None), SharedBudgetBook(links(), None)
+    budget = Budget(usd_per_day=10.0)
+    await spend(book, budget, 0.3)
+    await spend(other, budget, 0.2)  # in Redis; this daemon never read it
+    in_flight = await book.reserve([("client", "a", budget)], 0.5, 1)
+    [key] = [k for k in book._tracks]  # type: ignore[attr-defined]
+    redis_server.pause()
+    try:
+        await spend(book, budget, 0.1, 0.1, 0.1)  # timed out: the local book took them
+        assert not link.up
+        in_flight.settle(0.15, 1)  # a request that ended during the outage
+    finally:
+        redis_server.resume()
+    await link.watch_once()  # Redis answers: the link is up and the book re-syncs
+    await asyncio.sleep(0.2)
+    assert link.up
+    assert (await meter(redis_server, key))["spent"] == pytest.approx(0.3 + 0.2 + 0.3 + 0.15)
+
+
+async def test_a_restarted_redis_costs_no_request_a_spurious_503(
+    links: Links, redis_server: RedisServer
+) -> None:
+    """Pooled connections to the Redis that died are dead: each is replaced at its first
+    use, not failed (failing closed, that failure would be a 503)."""
+    link = links(on_failure="fail_closed")
+    gate = SharedGates(link, SystemClock())("rpm", 10_000, "client:a")
+
+    async def wave(n: int) -> list[bool]:
+        async def one() -> bool:
+            try:
+                await take_all([gate], 1, Lease())
+            except SharedStateUnavailable:
+                return False
+            return True
+
+        return await asyncio.gather(*(one() for _ in range(n)))
+
+    assert all(await wave(20))  # twenty connections in the pool
+    redis_server.kill()
+    for _ in range(5):
+        assert await wave(1) == [False]  # the first three find it down, the rest know
+    assert not link.up
+    redis_server.start()
+    await link.watch_once()
+    assert link.up
+    assert all(await wave(20))
+
+
+async def test_every_key_modelpool_writes_to_redis_expires(
+    links: Links, redis_server: RedisServer
+) -> None:
+    import contextlib
+    import time
+
+    import redis.asyncio as aioredis
+
+    from modelpool.config.spec import UsageSpec
+    from modelpool.providers.translate.usage import Usage
+    from modelpool.shared.cooldowns import CooldownSync
+    from modelpool.usage.record import UsageRecord
+    from modelpool.usage.store import open_store
+
+    link = links()
+    book = SharedBudgetBook(link, None)
+    budget = Budget(usd_per_day=1.0, tokens_per_month=10_000)
+    await spend(book, budget, 0.1)
+    in_flight = await book.reserve([("client", "a", budget)], 0.1, 10)
+    redis_server.restart()  # empty
+    for _ in range(2):  # a fresh connection, whatever the pool held
+        with contextlib.suppress(Exception):
+            await link.call(lambda client: client.ping())
+    in_flight.settle(0.1, 10)  # into meters that vanished with the restart
+    await asyncio.sleep(0.2)
+
+    clock = SystemClock()
+    factory = SharedGates(link, clock)
+    lease = Lease()
+    gates = [factory(kind, 1000, "pool:p") for kind in ("rpm", "tpm", "concurrency")]
+    await take_all(gates, 300, lease)
+    lease.release(used_tokens=100)
+    breaker = Breaker(clock)
+    breaker.failed(BreakerPolicy(), "429", retry_after=5.0)
+    table = _table_with(breaker)
+    await CooldownSync(link, lambda: table).sync_once()  # type: ignore[arg-type,return-value]
+    store = open_store(UsageSpec(store=redis_server.url))
+    assert store is not None
+    await store.open()
+    store.add(UsageRecord(time.time(), "a", "p", "m", "ok", Usage(10, 5), 0.01, True))
+    await store.close()
+    await asyncio.sleep(0.1)  # the give-backs are written in the background
+
+    async with aioredis.from_url(redis_server.url, decode_responses=True) as client:
+        keys = [key async for key in client.scan_iter("*")]
+        ttls = {key: await client.pttl(key) for key in keys}
+    families = {key.split(":")[1] for key in keys}
+    assert families == {"budget", "limit", "cool", "usage"}
+    assert [key for key, ttl in ttls.items() if ttl <= 0] == []

@@ -4,7 +4,15 @@ Every call is bounded by ``shared_state.timeout``: a slow Redis is a down
 Redis, never a hung request. The first failure marks the link down (logged
 once, the ``modelpool_shared_state_up`` gauge goes to 0) and the callers
 fall back as configured; a background task pings every ``sync_interval``
-and marks it up again when Redis answers.
+and marks it up again when Redis answers, then runs what asked to hear of it
+(the budgets re-sync their meters).
+
+A pooled connection to a Redis that restarted is dead, and fails the first
+command sent on it: each command that fails to *connect or talk* (a
+ConnectionError, never a timeout) is retried once on a fresh connection, so
+a restarted Redis costs no request a spurious failure. (A script whose
+reply was lost as the connection dropped may so run twice: a gate or a
+budget then counts a request twice, erring on the side of refusing.)
 """
 
 from __future__ import annotations
@@ -17,6 +25,9 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from modelpool.config.spec import SharedStateSpec
@@ -55,6 +66,7 @@ class RedisLink:
             socket_timeout=spec.timeout,
             socket_connect_timeout=spec.timeout,
             health_check_interval=0,
+            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
         )
         self._client = aioredis.Redis(connection_pool=pool)
         self.up = True
@@ -62,6 +74,7 @@ class RedisLink:
         """Failed calls in a row: one slow reply under load is not an outage."""
         self._scripts: dict[str, Any] = {}
         self._background: set[asyncio.Task[Any]] = set()
+        self._on_up: list[Callable[[], Awaitable[None]]] = []
 
     @property
     def fail_open(self) -> bool:
@@ -82,7 +95,13 @@ class RedisLink:
         if not self.up:
             self.up = True
             log.info("shared state is back", extra={"redis": self.where})
+            for callback in self._on_up:
+                self.spawn(callback())
         return result
+
+    def on_up(self, callback: Callable[[], Awaitable[None]]) -> None:
+        """Run ``callback`` (in the background) each time Redis is found back after an outage."""
+        self._on_up.append(callback)
 
     async def script(self, lua: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         registered = self._scripts.get(lua)
