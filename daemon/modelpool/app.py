@@ -89,7 +89,7 @@ def build_app(
         compile_table(config, generation=1, registry=registry, transports=transports)
     )
     metrics = Metrics()
-    store = open_store(config.usage)
+    store = open_store(config.usage, prefix=config.shared_state.prefix)
     book = shared.book(store) if shared is not None else None
     accountant = Accountant(store, metrics, book=book)
     dispatcher = Dispatcher(clock, metrics=metrics, accountant=accountant)

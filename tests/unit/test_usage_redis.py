@@ -498,3 +498,39 @@ def test_open_store_picks_redis_for_redis_urls_without_echoing_them() -> None:
     assert isinstance(tls, RedisStore)
     assert tls.where == "rediss://cache:6379/0"
     assert tls.retention == 3600.0
+
+
+async def test_a_daemons_usage_store_keeps_to_its_shared_state_prefix(
+    tmp_path: Path, redis_url: str, redis: Redis
+) -> None:
+    """Two daemons on one Redis with different ``shared_state.prefix`` share no usage."""
+    from modelpool.app import ACCOUNTANT, SHARED, build_app
+    from modelpool.config.load import load_config
+
+    stores: list[UsageStore] = []
+    for prefix in ("team-a", "team-b"):
+        path = tmp_path / f"{prefix}.yaml"
+        path.write_text(
+            "version: 1\nproviders: {mock: {type: mock}}\nmodels: {m: {provider: mock}}\n"
+            f"pools: {{p: {{members: [m]}}}}\nusage: {{store: '{redis_url}'}}\n"
+            f"shared_state: {{prefix: {prefix}}}\n"
+        )
+        app = build_app(load_config(path, env={}))
+        await app[SHARED].link.aclose()  # not used here; the store has its own connection
+        store = app[ACCOUNTANT].store
+        assert store is not None
+        await store.open()
+        stores.append(store)
+    now = time.time()  # the daemons' stores run on the real clock
+    stores[0].add(record(now))
+    for _ in range(2):
+        stores[1].add(record(now))
+    for store in stores:
+        await store.flush()
+    assert (await total(stores[0])).requests == 1
+    assert (await total(stores[1])).requests == 2
+    assert await requests_in_redis(redis, "team-a") == 1
+    assert await requests_in_redis(redis, "team-b") == 2
+    assert not await redis.keys("modelpool:*")
+    for store in stores:
+        await store.close()

@@ -95,16 +95,22 @@ def sqlite_path(store: str) -> Path:
     return Path(store)
 
 
-def open_store(spec: UsageSpec) -> UsageStore | None:
+def open_store(spec: UsageSpec, prefix: str = "modelpool") -> UsageStore | None:
     """The store ``spec`` names, not yet opened (the caller awaits ``open``, then ``close``);
-    None for ``usage.store: none``."""
+    None for ``usage.store: none``. A Redis store names its keys ``{prefix}:usage:…``
+    (``shared_state.prefix``: daemons on one Redis share usage only with the same prefix)."""
     # imported here: both import this module, and redis-py (~10 MB, 0.1 s) only when used
     if spec.store == "none":
         return None
     if spec.store.startswith(tuple(f"{scheme}://" for scheme in REDIS_SCHEMES)):
         from modelpool.usage.redis_store import RedisStore
 
-        return RedisStore(spec.store, flush_interval=spec.flush_interval, retention=spec.retention)
+        return RedisStore(
+            spec.store,
+            prefix=prefix,
+            flush_interval=spec.flush_interval,
+            retention=spec.retention,
+        )
     from modelpool.usage.sqlite import SQLiteStore
 
     return SQLiteStore(
