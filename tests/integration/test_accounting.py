@@ -352,6 +352,55 @@ async def test_budgets_survive_a_reload_and_a_restart(tmp_path: Path, fake: Fake
     assert len(fake.requests) == 1
 
 
+async def test_a_reload_keeps_what_a_live_meter_spent(
+    start_daemon: StartDaemon, fake: FakeUpstream
+) -> None:
+    """With no store the meter is the only record of the spend: a reload that reset it
+    (or rebuilt the budget book) would admit the next request."""
+    fake.script(CHAT, Reply(json=openai_answer()))
+    cfg = budget_config(fake, {"usd_per_day": 0.005})
+    cfg["usage"] = {"store": "none"}
+    daemon = await start_daemon(cfg)
+    headers = {"Authorization": f"Bearer {KEY_A}"}
+    async with daemon.http.post("/v1/chat/completions", json=chat(), headers=headers) as r:
+        assert r.status == 200  # spends 0.0060 of 0.005
+    cfg["pools"]["p"]["description"] = "changed"
+    cfg["clients"]["a"]["budget"]["usd_per_day"] = 0.0055  # a changed cap, the spend kept
+    assert (await daemon.reload(cfg))["result"] == "applied"
+    async with daemon.http.post("/v1/chat/completions", json=chat(), headers=headers) as r:
+        assert r.status == 429
+        assert "budget of $0.0055 per day" in (await r.json())["error"]["message"]
+    assert len(fake.requests) == 1
+
+
+async def test_a_reload_keeps_what_a_live_meter_reserved(
+    start_daemon: StartDaemon, fake: FakeUpstream
+) -> None:
+    """A request in flight holds a reservation that only the meter knows (nothing is settled,
+    nothing flushed in an hour): after a reload it must still keep the next one out."""
+    answer = openai_answer() | {"usage": {"prompt_tokens": 1, "completion_tokens": 100}}
+    fake.script(CHAT, Reply(json=answer, delay=0.5))
+    cfg = budget_config(fake, {"usd_per_day": 0.001})  # one reservation (~0.0015) fills it
+    cfg["usage"]["flush_interval"] = "1h"
+    daemon = await start_daemon(cfg)
+    headers = {"Authorization": f"Bearer {KEY_A}"}
+
+    async def post() -> int:
+        body = chat(max_tokens=100)
+        async with daemon.http.post("/v1/chat/completions", json=body, headers=headers) as r:
+            await r.read()
+            return r.status
+
+    first = asyncio.create_task(post())
+    await fake.wait_for_requests(1)
+    cfg["pools"]["p"]["description"] = "changed"
+    assert (await daemon.reload(cfg))["result"] == "applied"
+    assert await post() == 429
+    assert not first.done()  # the reservation was still open when the refusal came
+    assert await first == 200
+    assert len(fake.requests) == 1
+
+
 async def test_admin_usage_reports_exactly_and_lists_budgets_and_keys_stay_out(
     start_daemon: StartDaemon, fake: FakeUpstream, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
