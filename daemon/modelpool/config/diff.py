@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from modelpool.config.spec import Config
@@ -31,7 +31,8 @@ class ConfigDiff:
     providers: Changes
     clients: Changes
     restart_needed: tuple[str, ...] = ()
-    """Settings that only take effect on restart (the listen address, the usage store)."""
+    """Settings that only take effect on restart (the listen address, the usage store, the
+    shared state)."""
 
     def __bool__(self) -> bool:
         return bool(self.pools or self.models or self.providers or self.clients)
@@ -80,6 +81,11 @@ def diff_configs(old: Config, new: Config) -> ConfigDiff:
         restart.append("server.listen")
     if old.usage.store != new.usage.store:
         restart.append("usage.store")
+    restart += [  # the Redis link, its prefix and its failure mode are set up once
+        f"shared_state.{field.name}"
+        for field in fields(old.shared_state)
+        if getattr(old.shared_state, field.name) != getattr(new.shared_state, field.name)
+    ]
     return ConfigDiff(
         pools=_changes(old.pools, new.pools),
         models=_changes(old.models, new.models, moved),
