@@ -239,6 +239,20 @@ async def _close_transports(app: web.Application) -> AsyncIterator[None]:
     await app[TRANSPORTS].aclose()
 
 
+def proxy_runner(
+    app: web.Application, *, grace_period: float, keepalive_timeout: float = KEEPALIVE_TIMEOUT
+) -> ProxyRunner:
+    """The runner ``modelpool run`` serves ``app`` with (the integration tests too, with a
+    shorter keep-alive): a client that disconnects cancels its handler."""
+    return ProxyRunner(
+        app,
+        handler_cancellation=True,
+        access_log=None,  # modelpool's own access log (access.py) replaces aiohttp's
+        shutdown_timeout=grace_period,
+        keepalive_timeout=keepalive_timeout,
+    )
+
+
 async def serve(config: Config, host: str, port: int) -> int:
     """Serve until SIGTERM or SIGINT, drain, and return the process exit code.
 
@@ -248,13 +262,7 @@ async def serve(config: Config, host: str, port: int) -> int:
     """
     notifier = Notifier.from_environ()
     app = build_app(config, watch=True, health=True, gate=child_gate)
-    runner = ProxyRunner(
-        app,
-        handler_cancellation=True,
-        access_log=None,  # modelpool's own access log (access.py) replaces aiohttp's
-        shutdown_timeout=config.server.grace_period,
-        keepalive_timeout=KEEPALIVE_TIMEOUT,
-    )
+    runner = proxy_runner(app, grace_period=config.server.grace_period)
     app[RELOADER].listening_on([host])  # before the file watcher starts
     await runner.setup()
     site = web.TCPSite(runner, host, port, backlog=1024, reuse_address=True)

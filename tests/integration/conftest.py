@@ -1,9 +1,9 @@
 """Fixtures: fake upstreams, and the real app served on 127.0.0.1 in-process.
 
-The daemon under test is ``build_app(load_config(path))`` served by an
-``ProxyRunner`` with ``handler_cancellation=True``, as ``modelpool run`` does,
-so a client that disconnects cancels its handler here too. Configs are real
-YAML files written to ``tmp_path`` and loaded by the real loader.
+The daemon under test is ``build_app(load_config(path))`` served by the runner
+``modelpool run`` uses (``proxy_runner``), so a client that disconnects cancels
+its handler here too; a test may shorten its keep-alive timeout. Configs are
+real YAML files written to ``tmp_path`` and loaded by the real loader.
 """
 
 from __future__ import annotations
@@ -20,9 +20,8 @@ from aiohttp import web
 from fake_upstream import FakeUpstream
 from proxy_harness import Daemon, StartDaemon, StartFake, single_pool_config
 
-from modelpool.app import build_app
+from modelpool.app import KEEPALIVE_TIMEOUT, build_app, proxy_runner
 from modelpool.config.load import load_config
-from modelpool.http_server import ProxyRunner
 
 
 @pytest.fixture
@@ -63,11 +62,15 @@ async def start_daemon(tmp_path: Path) -> AsyncIterator[StartDaemon]:
     """Write a config dict as YAML, load it with the real loader, serve the app."""
     cleanups: list[Callable[[], Awaitable[None]]] = []
 
-    async def start(config: dict[str, Any]) -> Daemon:
+    async def start(
+        config: dict[str, Any], *, keepalive_timeout: float = KEEPALIVE_TIMEOUT
+    ) -> Daemon:
         path = tmp_path / f"pools-{len(cleanups)}.yaml"
         path.write_text(yaml.safe_dump(config, sort_keys=False))
-        app = build_app(load_config(path, env={}))
-        runner = ProxyRunner(app, handler_cancellation=True, access_log=None)
+        loaded = load_config(path, env={})
+        app = build_app(loaded)
+        grace = loaded.server.grace_period
+        runner = proxy_runner(app, grace_period=grace, keepalive_timeout=keepalive_timeout)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", 0).start()
         port = runner.addresses[0][1]

@@ -7,7 +7,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import yaml
@@ -54,7 +54,14 @@ class Daemon:
             return outcome
 
 
-StartDaemon = Callable[[dict[str, Any]], Awaitable[Daemon]]
+class StartDaemon(Protocol):
+    """Serve ``config``; ``keepalive_timeout`` defaults to the daemon's own."""
+
+    def __call__(
+        self, config: dict[str, Any], *, keepalive_timeout: float = ...
+    ) -> Awaitable[Daemon]: ...
+
+
 StartFake = Callable[[], Awaitable[FakeUpstream]]
 
 
