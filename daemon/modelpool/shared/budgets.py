@@ -26,6 +26,7 @@ are each divided by ``shared_state.replicas``; failing closed refuses.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
 from collections.abc import Callable, Sequence
@@ -161,6 +162,7 @@ class SharedBudgetBook:
         self._owing: dict[str, Track] = {}
         """Tracks with spend or give-backs to send; sent together, once per loop turn."""
         self._flush_due = False
+        self._syncing = asyncio.Lock()
         self._local = BudgetBook(store, clock)
         link.on_up(self.resync)
 
@@ -232,8 +234,7 @@ class SharedBudgetBook:
     def _flush(self) -> None:
         self._flush_due = False
         if self._link.up and self._owing:
-            tracks, self._owing = list(self._owing.values()), {}
-            self._link.spawn(self._sync(tracks, self._clock(), ask_store=False))
+            self._link.spawn(self._sync(None, self._clock(), ask_store=False))
 
     async def resync(self) -> None:
         """Redis is back: send every current meter what it is owed, and raise it to its
@@ -241,28 +242,38 @@ class SharedBudgetBook:
         now = self._clock()
         self._forget_ended(now)
         tracks = list({**self._tracks, **self._owing}.values())
-        self._owing = {}
         if tracks:
             await self._sync(tracks, now, ask_store=True)
 
-    async def _sync(self, tracks: list[Track], now: float, *, ask_store: bool) -> None:
-        """Run SYNC on ``tracks``: floor them, add what they owe, and raise them to the usage
-        store's spend when ``ask_store``. What fails stays owed, for the next try."""
-        leasts = [await self._stored(track) if ask_store else 0.0 for track in tracks]
-        owed = [(track.unsent, track.unreleased) for track in tracks]
-        args: list[Any] = []
-        for track, least, (unsent, unreleased) in zip(tracks, leasts, owed, strict=True):
-            track.unsent = track.unreleased = 0.0
-            args += [repr(unsent), repr(unreleased), repr(track.floor), repr(least)]
-            args.append(track.ttl_ms(now))
-        try:
-            spents = await self._link.script(SYNC, [track.key for track in tracks], args)
-        except SharedDown:
-            for track, (unsent, unreleased) in zip(tracks, owed, strict=True):
-                track.unsent += unsent
-                track.unreleased += unreleased
-                self._owing[track.key] = track
-            raise
+    async def _sync(self, tracks: list[Track] | None, now: float, *, ask_store: bool) -> None:
+        """Run SYNC on ``tracks`` (None: those owed something): floor them, add what they
+        owe, and raise them to the usage store's spend when ``ask_store``. What fails stays
+        owed, for the next try.
+
+        One SYNC at a time, each sending everything its tracks owe: the store's spend
+        includes what is owed, so a SYNC carrying it must never run before one adding
+        what is owed (that would count it twice)."""
+        async with self._syncing:
+            if tracks is None:
+                tracks = list(self._owing.values())
+            leasts = [await self._stored(track) if ask_store else 0.0 for track in tracks]
+            owed = [(track.unsent, track.unreleased) for track in tracks]
+            args: list[Any] = []
+            for track, least, (unsent, unreleased) in zip(tracks, leasts, owed, strict=True):
+                self._owing.pop(track.key, None)
+                track.unsent = track.unreleased = 0.0
+                args += [repr(unsent), repr(unreleased), repr(track.floor), repr(least)]
+                args.append(track.ttl_ms(now))
+            if not tracks:
+                return
+            try:
+                spents = await self._link.script(SYNC, [track.key for track in tracks], args)
+            except SharedDown:
+                for track, (unsent, unreleased) in zip(tracks, owed, strict=True):
+                    track.unsent += unsent
+                    track.unreleased += unreleased
+                    self._owing[track.key] = track
+                raise
         for track, spent in zip(tracks, spents, strict=True):
             track.seen(float(spent))
 
