@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import asyncio
 import calendar
+import functools
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Literal
@@ -48,16 +49,16 @@ def period_bounds(period: Period, now: float) -> tuple[float, float]:
     return start.timestamp(), start.timestamp() + days * 86400
 
 
-def caps(budget: Budget) -> Iterator[tuple[Unit, Period, float]]:
-    """Every cap a budget declares."""
-    for unit, period, cap in (
+@functools.lru_cache(maxsize=4096)
+def caps(budget: Budget) -> tuple[tuple[Unit, Period, float], ...]:
+    """Every cap a budget declares (a budget is frozen, so once per budget)."""
+    declared: tuple[tuple[Unit, Period, float | None], ...] = (
         ("usd", "day", budget.usd_per_day),
         ("usd", "month", budget.usd_per_month),
         ("tokens", "day", budget.tokens_per_day),
         ("tokens", "month", budget.tokens_per_month),
-    ):
-        if cap is not None:
-            yield unit, period, float(cap)  # type: ignore[misc]
+    )
+    return tuple((unit, period, float(cap)) for unit, period, cap in declared if cap is not None)
 
 
 @dataclass(slots=True)
@@ -122,7 +123,12 @@ class BudgetBook:
         """Admit a request of worst-case cost ``usd`` and size ``tokens`` under every budget
         in ``scopes``, or raise BudgetExceeded naming the first exhausted one."""
         wanted = [(s, n, b, u, p, cap) for s, n, b in scopes for u, p, cap in caps(b)]
-        meters = [await self._meter(s, n, u, p) for s, n, _, u, p, _ in wanted]
+        known = self._meters
+        keys = [(s, n, u, p) for s, n, _, u, p, _ in wanted]
+        if all(key in known for key in keys):  # loaded: from here on no await at all
+            meters = [known[key] for key in keys]
+        else:  # each meter loads from the store once
+            meters = [await self._meter(*key) for key in keys]
         now = self._clock()  # no await from here on: check and reserve atomically
         for (scope, name, budget, unit, period, cap), meter in zip(wanted, meters, strict=True):
             meter.roll(now)
