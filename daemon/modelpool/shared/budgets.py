@@ -15,7 +15,7 @@ yet). The reserve script raises a meter to the floor it is sent and answers
 "missing" for a meter that does not exist; the daemon then seeds it (its
 floor plus what it owes, or the usage store's spend for the period if that
 is more) and reserves again. When the link comes back after an outage every
-meter is re-synced so: what was settled meanwhile (on the local fallback,
+meter is re-synced (floor plus debt): what was settled meanwhile (on the local fallback,
 or by requests that ended during the outage) is added, never lost. A
 settlement whose reply was lost is sent again, and so may count twice: the
 error is on the side of refusing.
@@ -238,12 +238,14 @@ class SharedBudgetBook:
 
     async def resync(self) -> None:
         """Redis is back: send every current meter what it is owed, and raise it to its
-        floor (a Redis that restarted empty gets its meters back)."""
+        floor (a Redis that restarted empty gets its meters back). The usage store is not
+        asked: it holds this daemon's spend, which floor and debt already cover, and a
+        Redis store would be read a month of buckets per meter, on every flap."""
         now = self._clock()
         self._forget_ended(now)
         tracks = list({**self._tracks, **self._owing}.values())
         if tracks:
-            await self._sync(tracks, now, ask_store=True)
+            await self._sync(tracks, now, ask_store=False)
 
     async def _sync(self, tracks: list[Track] | None, now: float, *, ask_store: bool) -> None:
         """Run SYNC on ``tracks`` (None: those owed something): floor them, add what they
