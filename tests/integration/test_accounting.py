@@ -296,6 +296,15 @@ async def test_a_budget_can_answer_402(start_daemon: StartDaemon, fake: FakeUpst
     assert fake.requests == []
 
 
+async def status_of_chat(daemon: Daemon) -> int:
+    """The status of one chat request (max_tokens 100) sent with client a's key."""
+    headers = {"Authorization": f"Bearer {KEY_A}"}
+    body = chat(max_tokens=100)
+    async with daemon.http.post("/v1/chat/completions", json=body, headers=headers) as response:
+        await response.read()
+        return response.status
+
+
 async def test_fifty_concurrent_requests_cannot_overshoot_a_budget_by_more_than_one(
     start_daemon: StartDaemon, fake: FakeUpstream
 ) -> None:
@@ -305,15 +314,8 @@ async def test_fifty_concurrent_requests_cannot_overshoot_a_budget_by_more_than_
     cost = (1 * 3.0 + 100 * 15.0) / 1e6
     budget = cost * 50 / 3  # the 50 requests cost 3 times the budget
     daemon = await start_daemon(budget_config(fake, {"usd_per_day": budget}))
-    headers = {"Authorization": f"Bearer {KEY_A}"}
 
-    async def one() -> int:
-        body = chat(max_tokens=100)
-        async with daemon.http.post("/v1/chat/completions", json=body, headers=headers) as response:
-            await response.read()
-            return response.status
-
-    statuses = await asyncio.gather(*(one() for _ in range(50)))
+    statuses = await asyncio.gather(*(status_of_chat(daemon) for _ in range(50)))
     admitted = statuses.count(200)
     assert statuses.count(429) == 50 - admitted
     got = await totals(daemon)
@@ -383,19 +385,12 @@ async def test_a_reload_keeps_what_a_live_meter_reserved(
     cfg = budget_config(fake, {"usd_per_day": 0.001})  # one reservation (~0.0015) fills it
     cfg["usage"]["flush_interval"] = "1h"
     daemon = await start_daemon(cfg)
-    headers = {"Authorization": f"Bearer {KEY_A}"}
 
-    async def post() -> int:
-        body = chat(max_tokens=100)
-        async with daemon.http.post("/v1/chat/completions", json=body, headers=headers) as r:
-            await r.read()
-            return r.status
-
-    first = asyncio.create_task(post())
+    first = asyncio.create_task(status_of_chat(daemon))
     await fake.wait_for_requests(1)
     cfg["pools"]["p"]["description"] = "changed"
     assert (await daemon.reload(cfg))["result"] == "applied"
-    assert await post() == 429
+    assert await status_of_chat(daemon) == 429
     assert not first.done()  # the reservation was still open when the refusal came
     assert await first == 200
     assert len(fake.requests) == 1

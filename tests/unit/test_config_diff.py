@@ -2,29 +2,11 @@
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 
+from configs import load
+
 from modelpool.config.diff import diff_configs
-from modelpool.config.load import load_config
-from modelpool.config.spec import Config
-
-BASE = """\
-version: 1
-providers:
-  mock: {type: mock}
-models:
-  m1: {provider: mock}
-pools:
-  p: {members: [m1]}
-"""
-
-
-def load(tmp_path: Path, extra: str = "") -> Config:
-    path = tmp_path / "pools.yaml"
-    path.write_text(BASE + textwrap.dedent(extra))
-    return load_config(path, env={})
-
 
 SHARED = """\
 shared_state:
