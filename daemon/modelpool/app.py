@@ -246,6 +246,7 @@ def proxy_runner(
     shorter keep-alive): a client that disconnects cancels its handler."""
     return ProxyRunner(
         app,
+        max_connections=lambda: app[HOLDER].current.config.server.max_connections,
         handler_cancellation=True,
         access_log=None,  # modelpool's own access log (access.py) replaces aiohttp's
         shutdown_timeout=grace_period,

@@ -8,11 +8,19 @@ write an ERROR with a traceback. Here such a request gets a JSON error that
 both SDKs read (OpenAI's ``error.message``/``type``/``code`` and Anthropic's
 ``type: error`` envelope in one body, since the path may not be known yet)
 and a one-line warning that names the peer and the reason, never the bytes.
+
+It also bounds how many connections are open at once (``server.max_connections``,
+idle keep-alive ones included): one past the bound is answered 503 with
+``Retry-After`` and closed before anything is read, so a flood of slow or idle
+clients cannot use up the process's file descriptors.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Callable
+from typing import Any
 
 import orjson
 from aiohttp import web
@@ -47,6 +55,27 @@ def error_json(status: int, code: str, message: str) -> bytes:
 
 
 class _Connection(RequestHandler):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        manager = self._manager
+        if isinstance(manager, _Server) and len(manager.connections) >= manager.cap():
+            self._refuse(transport, manager.cap())
+            return
+        super().connection_made(transport)
+
+    def _refuse(self, transport: asyncio.BaseTransport, cap: int) -> None:
+        """Over server.max_connections: a 503 the SDKs retry, then close, reading nothing."""
+        self.force_close()  # anything the client sends meanwhile is ignored
+        message = f"modelpool has {cap} connections open (server.max_connections); retry shortly"
+        body = error_json(503, "too_many_connections", message)
+        head = (
+            "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n"
+        )
+        assert isinstance(transport, asyncio.WriteTransport)
+        transport.write(head.encode() + body)
+        transport.close()
+        log.warning("refused a connection", extra={"why": "max_connections", "cap": cap})
+
     def handle_error(
         self,
         request: BaseRequest,
@@ -71,14 +100,26 @@ class _Connection(RequestHandler):
 
 
 class _Server(web.Server):
+    cap: Callable[[], int]
+    """The most connections open at once (read per new connection: reloads apply)."""
+
     def __call__(self) -> RequestHandler:
         return _Connection(self, loop=self._loop, **self._kwargs)
 
 
 class ProxyRunner(web.AppRunner):
-    """An AppRunner whose connections answer unparseable requests as above."""
+    """An AppRunner whose connections answer unparseable requests as above, and which
+    refuses connections beyond ``max_connections()`` (every listener counted)."""
+
+    def __init__(
+        self, app: web.Application, *, max_connections: Callable[[], int], **kwargs: Any
+    ) -> None:
+        super().__init__(app, **kwargs)
+        self._cap = max_connections
 
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()
         server.__class__ = _Server  # aiohttp builds it; only the connection class differs
+        assert isinstance(server, _Server)
+        server.cap = self._cap
         return server

@@ -186,6 +186,7 @@ class ServerSpec:
     host: str = "127.0.0.1"
     port: int = 8787
     max_body_bytes: int = 16 * 1024 * 1024
+    max_connections: int = 1024
     admin_token: Secret | None = None
     grace_period: float = 30.0
     log_format: str = "json"
@@ -324,6 +325,7 @@ def server_from(raw: Mapping[str, Any], admin_token: Secret | None) -> ServerSpe
         host=host,
         port=port,
         max_body_bytes=parse_size(raw.get("max_body_bytes", defaults.max_body_bytes)),
+        max_connections=raw.get("max_connections", defaults.max_connections),
         admin_token=admin_token,
         grace_period=parse_duration(raw.get("grace_period", defaults.grace_period)),
         log_format=raw.get("log_format", defaults.log_format),
