@@ -18,21 +18,25 @@ from aiohttp import web
 
 from modelpool.access import STARTED, TRACE
 from modelpool.auth import authorize
+from modelpool.config.spec import ClientSpec
 from modelpool.dispatch import Dispatcher, Served
 from modelpool.drain import Drain, cut_short
 from modelpool.errors import (
     BadRequest,
     PayloadTooLarge,
+    RequestError,
     RequestTimeout,
     ShuttingDown,
+    Unauthorized,
     UpstreamError,
 )
 from modelpool.metrics import Metrics
 from modelpool.providers.anthropic import FORWARDED
 from modelpool.registry_view import models_listing
 from modelpool.request import ProxyRequest, forwarded_headers
-from modelpool.table import TableHolder
+from modelpool.table import RoutingTable, TableHolder
 from modelpool.tokens import estimate
+from modelpool.usage.record import ANONYMOUS, NO_MODEL, OTHER
 
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 BODY_TIMEOUT = 30.0
@@ -127,6 +131,7 @@ class ProxyApi:
         self._dispatcher = dispatcher
         self._drain = drain
         self._overhead = metrics.overhead
+        self._requests = metrics.requests
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -172,12 +177,7 @@ class ProxyApi:
 
     async def _proxy(self, request: web.Request, endpoint: str) -> web.StreamResponse:
         table = self._holder.current
-        client = table.authenticator.authenticate(request.headers)
-        body = await read_json(request, table.config.server.max_body_bytes)
-        stream = check_body(endpoint, body)
-        authorize(client, body["model"])
-        forwarded = forwarded_headers(request.headers, FORWARDED)
-        proxy_request = ProxyRequest(endpoint, body["model"], body, stream, client, forwarded)
+        proxy_request = await self._admitted(request, table, endpoint)
         request[TRACE] = proxy_request.trace  # the access log reads the bill from it
         try:
             async with self._dispatcher.serve(table, proxy_request) as served:
@@ -199,6 +199,27 @@ class ProxyApi:
                 message = "modelpool shut down before answering; retry"
                 raise ShuttingDown(message, retry_after=1) from None
             raise
+
+    async def _admitted(
+        self, request: web.Request, table: RoutingTable, endpoint: str
+    ) -> ProxyRequest:
+        """The request as routing takes it: its client known, its body read and checked,
+        its pool allowed. A refusal here is counted as a finished request, rejected."""
+        client: ClientSpec | None = None
+        body: dict[str, Any] | None = None
+        try:
+            client = table.authenticator.authenticate(request.headers)
+            body = await read_json(request, table.config.server.max_body_bytes)
+            stream = check_body(endpoint, body)
+            authorize(client, body["model"])
+        except RequestError as exc:
+            who = OTHER if isinstance(exc, Unauthorized) else client.name if client else ANONYMOUS
+            named = body.get("model") if body is not None else None
+            pool = named if isinstance(named, str) and named in table.routes else OTHER
+            self._requests.labels(who, pool, NO_MODEL, "rejected").inc()
+            raise
+        forwarded = forwarded_headers(request.headers, FORWARDED)
+        return ProxyRequest(endpoint, body["model"], body, stream, client, forwarded)
 
     def _overhead_of(self, request: web.Request, served: Served) -> float:
         """modelpool's own time before the answer's head goes out: everything since the

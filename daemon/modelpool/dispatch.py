@@ -51,7 +51,7 @@ from modelpool.retry import backoff, judge
 from modelpool.table import Member, Model, Pool, RoutingTable
 from modelpool.tokens import Estimate, estimate
 from modelpool.usage.accounting import Accountant
-from modelpool.usage.record import ANONYMOUS, NO_MODEL
+from modelpool.usage.record import ANONYMOUS, NO_MODEL, OTHER
 from modelpool.waitqueue import POLL, QueueFull, QueueTimeout
 
 __all__ = ["Dispatcher", "ProxyRequest", "Served"]
@@ -313,7 +313,7 @@ class Dispatcher:
             return self.resolve(table, request.route)
         except RouteNotFound:
             client = request.client.name if request.client is not None else ANONYMOUS
-            self._metrics.requests.labels(client, "other", NO_MODEL, "rejected").inc()
+            self._metrics.requests.labels(client, OTHER, NO_MODEL, "rejected").inc()
             raise
 
     async def _enter(

@@ -73,8 +73,9 @@ class Metrics:
         self.requests = Counter(
             "modelpool_requests",
             "Finished client requests by client, pool (asked for), model (that served) and "
-            "outcome (ok, error, cancelled, rejected). Names come from the config; '-' is "
-            "none, 'other' anything the config does not name.",
+            "outcome (ok, error, cancelled, rejected: refused for its key, body, pool, "
+            "capacity or budget). Names come from the config; '-' is none, 'other' anything "
+            "the config does not name (an unknown key's client too).",
             ["client", "pool", "model", "outcome"],
             registry=self.registry,
         )

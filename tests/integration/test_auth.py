@@ -70,6 +70,39 @@ async def test_unknown_key_is_401(client: TestClient[Any, Any]) -> None:
     assert (await response.json())["error"]["message"] == "invalid API key"
 
 
+async def test_refused_requests_are_counted_without_what_the_client_sent(
+    client: TestClient[Any, Any],
+) -> None:
+    """Operators see a client with a stale key, or a broken one, in modelpool_requests_total;
+    the key, an unknown pool's name or the bad body never become label values."""
+    await client.post("/v1/chat/completions", json=chat("smart"))  # no key
+    await client.post("/v1/chat/completions", json=chat("smart"), headers=bearer("sk-stale"))
+    await client.post("/v1/chat/completions", json=chat("cheap"), headers=bearer(KEY))
+    await client.post("/v1/chat/completions", json={"model": 7}, headers=bearer(KEY))
+    await client.post("/v1/chat/completions", data=b"{oops", headers=bearer(OTHER_KEY))
+    await client.post("/v1/chat/completions", json=chat("no-such"), headers=bearer(OTHER_KEY))
+
+    text = await (await client.get("/metrics")).text()
+    counted = {
+        line.rpartition(" ")[0]: float(line.rpartition(" ")[2])
+        for line in text.splitlines()
+        if line.startswith("modelpool_requests_total{")
+    }
+    labels = 'modelpool_requests_total{{client="{}",model="-",outcome="rejected",pool="{}"}}'
+    assert counted == {
+        labels.format("other", "other"): 2.0,  # no key, a stale key
+        labels.format("agent-a", "cheap"): 1.0,  # 403: a pool outside its list
+        labels.format("agent-a", "other"): 1.0,  # 400: no pool named
+        labels.format("agent-b", "other"): 2.0,  # 400 unreadable body, 404 unknown pool
+    }
+    assert "sk-stale" not in text
+    assert "no-such" not in text
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
 @pytest.mark.parametrize("header", ["Authorization", "x-api-key"])
 async def test_known_key_is_served(client: TestClient[Any, Any], header: str) -> None:
     value = f"Bearer {KEY}" if header == "Authorization" else KEY

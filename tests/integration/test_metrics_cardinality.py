@@ -57,7 +57,9 @@ async def test_ten_thousand_junk_requests_leave_the_series_count_bounded(
     text = await (await daemon.http.get("/metrics")).text()
     after = series(text)
 
-    assert len(after) <= len(before) + 2, sorted(after - before)
+    # rejected requests by who and which pool, all "other" or config names: a handful of
+    # series (each with its _created twin), not one per junk request
+    assert len(after) <= len(before) + 6, sorted(after - before)
     assert "junk-" not in text
     assert KEY not in text
     assert SECRET not in text

@@ -15,6 +15,8 @@ ANONYMOUS = "-"
 """The client name recorded when the daemon runs without ``clients:``."""
 NO_MODEL = "-"
 """The model name recorded when no model served the request."""
+OTHER = "other"
+"""A metric label for a name the config does not have (an unknown key, pool or model)."""
 
 
 @dataclass(frozen=True, slots=True)
