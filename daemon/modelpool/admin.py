@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hmac
 import time
 from collections.abc import Mapping, Sequence
@@ -194,9 +195,22 @@ class AdminApi:
             if not is_loopback(request.remote or "") and not via_unix_socket(request):
                 raise web.HTTPForbidden(reason="admin endpoints need server.admin_token off-host")
             return
-        given = request.headers.get("Authorization", "").removeprefix("Bearer ").encode()
-        if not hmac.compare_digest(given, token.reveal().encode()):
+        if not hmac.compare_digest(presented_token(request), token.reveal().encode()):
             raise web.HTTPUnauthorized(reason="admin token required")
+
+
+def presented_token(request: web.Request) -> bytes:
+    """The admin token a request shows: ``Authorization: Bearer <token>``, or a browser's
+    ``Basic`` credentials with the token as password (any user name)."""
+    value = request.headers.get("Authorization", "")
+    scheme, _, credentials = value.partition(" ")
+    if scheme.lower() != "basic":
+        return value.removeprefix("Bearer ").encode()
+    try:
+        decoded = base64.b64decode(credentials.strip(), validate=True)
+    except ValueError:  # binascii.Error is one
+        return b""
+    return decoded.partition(b":")[2]
 
 
 def can_serve(table: RoutingTable, route: str) -> bool:

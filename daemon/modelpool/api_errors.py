@@ -37,6 +37,9 @@ log = logging.getLogger("modelpool.api")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
+KEPT_HEADERS = ("Allow", "WWW-Authenticate")
+"""Headers of an aiohttp HTTP error that its JSON rendering keeps (405's, 401's)."""
+
 _OPENAI_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
@@ -172,7 +175,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if exc.status < 400:
             raise
         message = f"{exc.reason}: {request.method} {request.path}"
-        headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        headers = {name: exc.headers[name] for name in KEPT_HEADERS if name in exc.headers}
         return error_response(exc.status, message, code=None, headers=headers, api=api_of(request))
     except Exception:
         if request.writer.output_size:

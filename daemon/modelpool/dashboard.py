@@ -10,13 +10,13 @@ request), the usage store and budget meters, and the last reload — and,
 like ``/admin/status``, names only what the config names: no key, no
 secret, no upstream URL.
 
-Access: the JSON goes through the same check as every ``/admin/*`` endpoint
-(``authorize``, AdminApi's). The page and its assets are the same bytes for
-everyone and carry no data, so when an admin token is configured they are
-also served to a request that sends no ``Authorization`` at all — a browser
-cannot send one when it opens a URL — and the page asks for the token and
-sends it with each JSON request. Without a token, the loopback-only rule
-applies to them as to everything under ``/admin/``.
+Access: the page, its assets and the JSON go through the same check as every
+``/admin/*`` endpoint (``authorize``, AdminApi's). A browser cannot send a
+Bearer header when it opens a URL, so the check also takes HTTP Basic
+credentials whose password is the admin token; the page and its assets
+answer a refusal with ``WWW-Authenticate: Basic``, the browser asks for the
+token in its own dialog and then sends it with every request of the page
+(the JSON polls included). Without a token, the loopback-only rule applies.
 """
 
 from __future__ import annotations
@@ -43,6 +43,8 @@ from modelpool.usage.store import Query, Row, StoreError
 
 Authorize = Callable[[web.Request], None]
 """Raises the HTTP error that refuses ``request`` (AdminApi's check), or returns."""
+CHALLENGE = {"WWW-Authenticate": 'Basic realm="modelpool admin", charset="UTF-8"'}
+"""Makes a browser ask for the admin token (as the password) when the page is refused."""
 
 ASSETS = {
     "dashboard.css": "text/css",
@@ -146,11 +148,12 @@ class DashboardApi:
         }
 
     def _authorize_static(self, request: web.Request) -> None:
-        """The page and assets hold no data: see the module docstring."""
-        token = self._holder.current.config.server.admin_token
-        if token is not None and "Authorization" not in request.headers:
-            return
-        self._authorize(request)
+        """As every /admin/* path; a browser refused is asked for the token."""
+        try:
+            self._authorize(request)
+        except web.HTTPUnauthorized as refused:
+            refused.headers.update(CHALLENGE)
+            raise
 
     def _models(self, table: RoutingTable) -> dict[str, dict[str, Any]]:
         providers = self._health.providers(table) if self._health is not None else {}

@@ -71,6 +71,10 @@ class Browser:
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self.errors: list[str] = []
+        self.challenges = 0
+        """HTTP authentication challenges the browser met (each answered by ``login``)."""
+        self._credentials: dict[str, str] | None = None
+        self._answers: set[asyncio.Task[Any]] = set()
         self._reader = asyncio.create_task(self._read())
 
     # ------------------------------------------------------------------ protocol
@@ -101,8 +105,29 @@ class Browser:
             if not future.done():
                 future.set_exception(ConnectionError("the browser closed the DevTools connection"))
 
+    async def login(self, username: str, password: str) -> None:
+        """Answer every HTTP authentication challenge (a ``WWW-Authenticate`` 401) as a
+        person would in the browser's own dialog, with these credentials."""
+        self._credentials = {"response": "ProvideCredentials", "username": username,
+                             "password": password}  # fmt: skip
+        await self.send("Fetch.enable", handleAuthRequests=True, patterns=[{"urlPattern": "*"}])
+
+    def _answer(self, method: str, **params: Any) -> None:
+        task = asyncio.create_task(self.send(method, **params))
+        self._answers.add(task)
+        task.add_done_callback(self._answers.discard)
+
     def _event(self, method: str, params: dict[str, Any]) -> None:
-        if method == "Runtime.consoleAPICalled" and params.get("type") in ("error", "assert"):
+        if method == "Fetch.requestPaused":  # intercepted only to see challenges: let it go
+            self._answer("Fetch.continueRequest", requestId=params["requestId"])
+        elif method == "Fetch.authRequired":
+            self.challenges += 1
+            self._answer(
+                "Fetch.continueWithAuth",
+                requestId=params["requestId"],
+                authChallengeResponse=self._credentials or {"response": "CancelAuth"},
+            )
+        elif method == "Runtime.consoleAPICalled" and params.get("type") in ("error", "assert"):
             texts = [str(arg.get("value", arg.get("description", ""))) for arg in params["args"]]
             self.errors.append("console: " + " ".join(texts))
         elif method == "Runtime.exceptionThrown":

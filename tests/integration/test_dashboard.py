@@ -6,6 +6,7 @@ upstreams; every figure is checked against the config or computed by hand.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 from pathlib import Path
 from typing import Any
@@ -238,35 +239,45 @@ async def test_the_last_reload_and_its_diff_are_shown(
 # --------------------------------------------------------------------------- access
 
 
-async def test_with_a_token_the_json_needs_it_and_the_page_asks_for_it(
+async def test_with_a_token_page_assets_and_json_all_need_it(
     start_daemon: StartDaemon, fake: FakeUpstream
 ) -> None:
+    """Same auth as every /admin/* path. A browser opening the page is asked for the
+    token by HTTP Basic (any user name, the token as password), which it then sends with
+    the page's every request; scripts send it as a Bearer token."""
     config = single_pool_config(fake.base_url)
     config["server"] = {"admin_token": ADMIN_TOKEN}
-    config["pools"] = {"pool-name-only-in-the-json": {"members": ["m"]}}
     daemon = await start_daemon(config)
-    wrong = {"Authorization": "Bearer not-the-token-0123456789"}
-    right = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    bearer = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    basic = {"Authorization": "Basic " + base64.b64encode(f"ops:{ADMIN_TOKEN}".encode()).decode()}
+    refused = [
+        {},
+        {"Authorization": "Bearer not-the-token-0123456789"},
+        {"Authorization": "Basic " + base64.b64encode(b"ops:not-the-token").decode()},
+        {"Authorization": "Basic " + base64.b64encode(ADMIN_TOKEN.encode()).decode()},  # no ':'
+        {"Authorization": "Basic %%% not base64"},
+    ]
+    pages = (DASHBOARD, f"{DASHBOARD}/assets/dashboard.js", f"{DASHBOARD}/assets/dashboard.css")
 
-    assert (await daemon.http.get(JSON)).status == 401
-    assert (await daemon.http.get(JSON, headers=wrong)).status == 401
-    assert (await dashboard(daemon, **right))["generation"] == 1
-    assert (await daemon.http.get("/admin/status")).status == 401  # the same rule
-
-    # The page and its assets carry no data: a browser gets them without a header.
-    for path in (
-        DASHBOARD,
-        f"{DASHBOARD}/assets/dashboard.js",
-        f"{DASHBOARD}/assets/dashboard.css",
-    ):
-        async with daemon.http.get(path) as response:
-            assert response.status == 200, path
-            assert "default-src 'none'" in response.headers["Content-Security-Policy"]
-            assert "pool-name-only-in-the-json" not in await response.text()
-        assert (await daemon.http.get(path, headers=wrong)).status == 401
-        assert (await daemon.http.get(path, headers=right)).status == 200
-    assert (await daemon.http.get(f"{DASHBOARD}/assets/../app.py")).status == 404
-    assert (await daemon.http.get(f"{DASHBOARD}/assets/secrets.js")).status == 404
+    for path in (*pages, JSON, "/admin/status"):
+        for headers in refused:
+            async with daemon.http.get(path, headers=headers) as response:
+                assert response.status == 401, (path, headers)
+                assert (await response.json())["error"]["type"] == "authentication_error"
+                challenge = response.headers.get("WWW-Authenticate")
+                # the page's refusal makes a browser ask for the token; a JSON one does not
+                if path in pages:
+                    assert challenge == 'Basic realm="modelpool admin", charset="UTF-8"'
+                else:
+                    assert challenge is None, path
+        for headers in (bearer, basic):
+            async with daemon.http.get(path, headers=headers) as response:
+                assert response.status == 200, (path, headers)
+    assert (await dashboard(daemon, **basic))["generation"] == 1
+    async with daemon.http.get(DASHBOARD, headers=basic) as response:
+        assert "default-src 'none'" in response.headers["Content-Security-Policy"]
+    assert (await daemon.http.get(f"{DASHBOARD}/assets/../app.py", headers=basic)).status == 404
+    assert (await daemon.http.get(f"{DASHBOARD}/assets/secrets.js", headers=basic)).status == 404
 
 
 def _handler(app: web.Application, path: str) -> Any:

@@ -185,6 +185,8 @@ async def test_admin_errors_as_documented(keyed: Daemon) -> None:
         ("GET", "/admin/config"),
         ("GET", "/admin/usage"),
         ("POST", "/admin/reload"),
+        ("GET", "/admin/dashboard"),
+        ("GET", "/admin/dashboard.json"),
     ):
         await call(keyed, method, path, 401)
         await call(keyed, method, path, 401, headers={"Authorization": "Bearer wrong"})

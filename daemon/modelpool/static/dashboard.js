@@ -7,7 +7,6 @@
   const POLL_MS = 2000;
   const HIDDEN_POLL_MS = 15000;
   const TIMEOUT_MS = 5000;
-  const TOKEN_KEY = "modelpool.admin_token";
   const SVG_NS = "http://www.w3.org/2000/svg";
   const $ = (id) => document.getElementById(id);
 
@@ -334,27 +333,10 @@
 
   // ------------------------------------------------------------------ polling
 
-  function token() {
-    const match = /^#token=(.+)$/.exec(location.hash);
-    if (match) {  // a fragment never reaches the server or its logs; drop it from the address bar too
-      sessionStorage.setItem(TOKEN_KEY, decodeURIComponent(match[1]));
-      history.replaceState(null, "", location.pathname + location.search);
-    }
-    return sessionStorage.getItem(TOKEN_KEY);
-  }
-
   function banner(text) {
     const el = $("banner");
     el.hidden = !text;
     el.textContent = text || "";
-  }
-
-  function showLogin(wrong) {
-    $("main").hidden = true;
-    $("login").hidden = false;
-    banner(wrong ? "That token was refused." : "");
-    $("live").dataset.live = "stale";
-    $("live").textContent = "signed out";
   }
 
   function setLive() {
@@ -367,23 +349,18 @@
 
   async function poll() {
     clearTimeout(timer);
-    const key = token();
-    const headers = key ? { Authorization: "Bearer " + key } : {};
     try {
+      // The browser sends the admin token it asked for when the page loaded (HTTP Basic).
       const signal = AbortSignal.timeout ? AbortSignal.timeout(TIMEOUT_MS) : undefined;  // Safari < 16
-      const response = await fetch("dashboard.json", { headers, cache: "no-store", signal });
+      const response = await fetch("dashboard.json", { cache: "no-store", signal });
       if (response.status === 401) {
-        if (key) sessionStorage.removeItem(TOKEN_KEY);
-        showLogin(Boolean(key));
-        return;  // polling resumes when a token is given
-      }
-      if (response.status === 403) {
+        banner("The admin token was refused (changed since this page loaded?): reload the page to give it again.");
+      } else if (response.status === 403) {
         banner("Refused: without server.admin_token, /admin/* is served to this host only.");
       } else if (!response.ok) {
         banner(`The daemon answered ${response.status}; retrying.`);
       } else {
         const data = await response.json();
-        $("login").hidden = true;
         $("main").hidden = false;
         banner("");
         render(data);
@@ -397,12 +374,6 @@
   }
 
   document.addEventListener("DOMContentLoaded", () => {
-    $("login").addEventListener("submit", (event) => {
-      event.preventDefault();
-      sessionStorage.setItem(TOKEN_KEY, $("token").value.trim());
-      $("token").value = "";
-      poll();
-    });
     document.addEventListener("visibilitychange", () => { if (!document.hidden) poll(); });
     setInterval(setLive, 1000);
     poll();
